@@ -1,0 +1,73 @@
+"""cnnext: a small, fast CNN package.
+
+Three ways in, all computing through the same Cython kernels:
+
+- ``cnnext.functional``: batched NCHW conv2d / max_pool2d / avg_pool2d and their backward functions,
+  with torch.nn.functional's names and semantics.
+- The learn_dl API (``ConvLayer``, ``MaxPoolingLayer``, the activators and module helpers of hanbt's
+  learn_dl tutorial), compatible with the tutorial's code, fast and with its bugs fixed.
+- ``cnnext.nn``: layers, losses and ``Sequential`` models for training code.
+"""
+from cnnext._version import __version__
+from cnnext._config import (
+    get_num_threads,
+    get_workspace_limit,
+    set_num_threads,
+    set_workspace_limit,
+)
+from cnnext import functional
+
+__all__ = [
+    "__version__",
+    "functional",
+    "get_num_threads",
+    "set_num_threads",
+    "get_workspace_limit",
+    "set_workspace_limit",
+    "show_config",
+]
+
+
+def show_config(mode="stdout"):
+    """Report cnnext's build and runtime configuration.
+
+    Parameters
+    ----------
+    mode : {'stdout', 'dicts'}
+        Print a readable summary (default) or return it as a dict.
+
+    Returns
+    -------
+    dict or None
+        With ``mode='dicts'``: version, openmp (compiled in or not), num_threads, workspace_bytes,
+        numpy version and numpy's BLAS.
+    """
+    import numpy as np
+
+    from cnnext._openmp_helpers import openmp_enabled
+
+    blas = "unknown"
+    try:
+        deps = np.show_config(mode="dicts").get("Build Dependencies", {})
+        info = deps.get("blas", {})
+        blas = f"{info.get('name', '?')} {info.get('version', '')}".strip()
+    except Exception:  # numpy's report format is not part of its API
+        pass
+    cfg = {
+        "version": __version__,
+        "openmp": bool(openmp_enabled()),
+        "num_threads": get_num_threads(),
+        "workspace_bytes": get_workspace_limit(),
+        "numpy": np.__version__,
+        "blas": blas,
+    }
+    if mode == "dicts":
+        return cfg
+    if mode != "stdout":
+        raise ValueError(f"show_config: mode must be 'stdout' or 'dicts', got {mode!r}")
+    print(f"cnnext {cfg['version']}")
+    print(f"  OpenMP:      {'compiled in' if cfg['openmp'] else 'not compiled in (serial kernels)'}")
+    print(f"  threads:     {cfg['num_threads']}")
+    print(f"  workspace:   {cfg['workspace_bytes'] // 2**20} MiB per convolution call")
+    print(f"  numpy:       {cfg['numpy']} (BLAS: {cfg['blas']})")
+    return None

@@ -1,0 +1,71 @@
+"""Process-wide settings: the kernels' thread count and the im2col workspace cap.
+
+The thread count starts from ``OMP_NUM_THREADS`` when it is set (as OpenMP itself would), otherwise
+from OpenMP's default (the number of cores), and is 1 when the extensions were built without OpenMP.
+It is passed explicitly to every kernel call, so changing it never needs OpenMP's global state.
+"""
+import os
+import threading
+
+from cnnext._openmp_helpers import openmp_enabled, openmp_max_threads
+
+_DEFAULT_WORKSPACE_BYTES = 64 * 2**20
+_lock = threading.Lock()
+
+
+def _default_threads():
+    if not openmp_enabled():
+        return 1
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, openmp_max_threads())
+
+
+_state = {"num_threads": _default_threads(), "workspace_bytes": _DEFAULT_WORKSPACE_BYTES}
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    value = value.__index__()
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def set_num_threads(n):
+    """Set the number of threads the cnnext kernels use.
+
+    Parameters
+    ----------
+    n : int
+        Thread count, >= 1. Without OpenMP the kernels are serial and any value behaves as 1.
+    """
+    n = _positive_int(n, "n")
+    with _lock:
+        _state["num_threads"] = n
+
+
+def get_num_threads():
+    """Return the number of threads the cnnext kernels use."""
+    return _state["num_threads"]
+
+
+def set_workspace_limit(nbytes):
+    """Cap the im2col workspace of one convolution call (default 64 MiB).
+
+    Parameters
+    ----------
+    nbytes : int
+        Size in bytes, >= 1. A convolution processes its batch in chunks whose column matrix fits
+        in this budget; one sample's columns are always allowed, even if larger.
+    """
+    nbytes = _positive_int(nbytes, "nbytes")
+    with _lock:
+        _state["workspace_bytes"] = nbytes
+
+
+def get_workspace_limit():
+    """Return the im2col workspace cap in bytes."""
+    return _state["workspace_bytes"]

@@ -1,0 +1,200 @@
+# Design
+# ------
+# Pooling is memory-bound, so every kernel makes one pass over its data and parallelises over the
+# N*C independent (H, W) planes with `prange`: no two threads ever touch the same plane, so there are
+# no races and the result is bitwise identical for every thread count.
+#
+# Max pooling follows PyTorch exactly: padding counts as -inf, the window is scanned row by row and an
+# element replaces the running maximum when it is greater or NaN (so NaN propagates), the stored
+# index is the flat position h*W + w inside the plane, and a window of -inf keeps its first valid
+# position. Forward stores the argmax so backward is a scatter-add (correct for overlapping windows).
+# 2x2 stride-2 windows without padding or dilation take an unrolled fast path with the same
+# comparisons in the same order.
+#
+# Average pooling follows PyTorch's divisor rule: with count_include_pad the divisor is the window
+# clipped to the padded input, otherwise the number of real input elements in the window.
+#
+# max_pool2d_backward trusts nothing about `indices`: an index outside [0, H*W) is never used and the
+# kernel reports it, and cnnext/functional.py raises ValueError.
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.math cimport INFINITY
+from libc.string cimport memset
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    cdef Py_ssize_t oh, ow, hs, he, ws, we, ih, iw, best, pos
+    cdef floating v, m
+    for oh in range(Ho):
+        hs = oh * sh - ph
+        he = _min(hs + (kh - 1) * dh + 1, H)
+        while hs < 0:
+            hs = hs + dh
+        for ow in range(Wo):
+            ws = ow * sw - pw
+            we = _min(ws + (kw - 1) * dw + 1, W)
+            while ws < 0:
+                ws = ws + dw
+            best = hs * W + ws
+            m = -INFINITY
+            ih = hs
+            while ih < he:
+                iw = ws
+                while iw < we:
+                    pos = ih * W + iw
+                    v = x[pos]
+                    if v > m or v != v:
+                        m = v
+                        best = pos
+                    iw = iw + dw
+                ih = ih + dh
+            y[oh * Wo + ow] = m
+            idx[oh * Wo + ow] = best
+
+
+cdef inline void _max_pool_plane_2x2(const floating* x, floating* y, int64_t* idx,
+                                     Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    # 2x2 windows, stride 2, no padding, no dilation: every window lies inside the plane.
+    cdef Py_ssize_t oh, ow, pos, best
+    cdef floating v, m
+    for oh in range(Ho):
+        for ow in range(Wo):
+            pos = 2 * oh * W + 2 * ow
+            m = -INFINITY
+            best = pos
+            v = x[pos]
+            if v > m or v != v:
+                m = v
+                best = pos
+            v = x[pos + 1]
+            if v > m or v != v:
+                m = v
+                best = pos + 1
+            v = x[pos + W]
+            if v > m or v != v:
+                m = v
+                best = pos + W
+            v = x[pos + W + 1]
+            if v > m or v != v:
+                m = v
+                best = pos + W + 1
+            y[oh * Wo + ow] = m
+            idx[oh * Wo + ow] = best
+
+
+cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad) noexcept nogil:
+    # Forward: x is the (H, W) input plane and y the (Ho, Wo) output plane.
+    # Backward: x is the (Ho, Wo) grad_output plane and y the (H, W) grad_input plane (zeroed).
+    cdef Py_ssize_t oh, ow, hs, he, ws, we, ih, iw, pool_size, divisor
+    cdef floating acc, g
+    for oh in range(Ho):
+        hs = oh * sh - ph
+        he = _min(hs + kh, H + ph)
+        for ow in range(Wo):
+            ws = ow * sw - pw
+            we = _min(ws + kw, W + pw)
+            pool_size = (he - hs) * (we - ws)
+            ih = _max(hs, 0)
+            iw = _max(ws, 0)
+            if count_include_pad:
+                divisor = pool_size
+            else:
+                divisor = (_min(he, H) - ih) * (_min(we, W) - iw)
+            if backward:
+                if divisor <= 0:
+                    continue
+                g = x[oh * Wo + ow] / <floating>divisor
+                for ih in range(_max(hs, 0), _min(he, H)):
+                    for iw in range(_max(ws, 0), _min(we, W)):
+                        y[ih * W + iw] += g
+            else:
+                acc = 0
+                for ih in range(_max(hs, 0), _min(he, H)):
+                    for iw in range(_max(ws, 0), _min(we, W)):
+                        acc = acc + x[ih * W + iw]
+                y[oh * Wo + ow] = acc / <floating>divisor if divisor > 0 else 0
+
+
+def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] idx,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                       int num_threads=1):
+    """Max pooling of the (H, W) planes of x (planes, H, W) into y and idx (planes, Ho, Wo)."""
+    cdef Py_ssize_t planes = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], t
+    cdef bint fast = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+                      and dh == 1 and dw == 1)
+    if planes == 0 or Ho == 0 or Wo == 0:
+        return
+    with nogil:
+        for t in prange(planes, schedule='static', num_threads=num_threads):
+            if fast:
+                _max_pool_plane_2x2(&x[t, 0, 0], &y[t, 0, 0], &idx[t, 0, 0], W, Ho, Wo)
+            else:
+                max_pool_plane(&x[t, 0, 0], &y[t, 0, 0], &idx[t, 0, 0], H, W, Ho, Wo,
+                               kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
+                        floating[:, ::1] gx, int num_threads=1):
+    """Scatter-add gy (planes, Ho*Wo) into the zeroed gx (planes, H*W) at idx.
+
+    Returns the number of indices outside [0, H*W); those are skipped, never written.
+    """
+    cdef Py_ssize_t planes = gy.shape[0], P = gy.shape[1], HW = gx.shape[1]
+    cdef Py_ssize_t t, p, bad = 0
+    cdef int64_t j
+    if planes == 0 or P == 0:
+        return 0
+    with nogil:
+        for t in prange(planes, schedule='static', num_threads=num_threads):
+            for p in range(P):
+                j = idx[t, p]
+                if j < 0 or j >= HW:
+                    bad += 1
+                else:
+                    gx[t, j] += gy[t, p]
+    return bad
+
+
+def avg_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, int num_threads=1):
+    """Average pooling of the planes of x (planes, H, W) into y (planes, Ho, Wo)."""
+    cdef Py_ssize_t planes = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], t
+    if planes == 0 or Ho == 0 or Wo == 0:
+        return
+    with nogil:
+        for t in prange(planes, schedule='static', num_threads=num_threads):
+            avg_pool_plane(&x[t, 0, 0], &y[t, 0, 0], False, H, W, Ho, Wo,
+                           kh, kw, sh, sw, ph, pw, count_include_pad)
+
+
+def avg_pool2d_backward(const floating[:, :, ::1] gy, floating[:, :, ::1] gx,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, int num_threads=1):
+    """Spread gy (planes, Ho, Wo) back over the zeroed gx (planes, H, W)."""
+    cdef Py_ssize_t planes = gx.shape[0], H = gx.shape[1], W = gx.shape[2]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], t
+    if planes == 0 or Ho == 0 or Wo == 0 or H == 0 or W == 0:
+        return
+    with nogil:
+        for t in prange(planes, schedule='static', num_threads=num_threads):
+            avg_pool_plane(&gy[t, 0, 0], &gx[t, 0, 0], True, H, W, Ho, Wo,
+                           kh, kw, sh, sw, ph, pw, count_include_pad)

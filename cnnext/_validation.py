@@ -1,0 +1,310 @@
+"""Argument checks and normalisation for every public entry point.
+
+Everything that reaches a kernel passes through here first: arrays become C-contiguous float32 or
+float64 (integer and bool inputs become float64; complex, object and other dtypes are refused), size
+arguments become (h, w) pairs of ints, and shapes are checked against each other. Errors are
+ValueError or TypeError and name the function, the argument, what it was and what was expected.
+Once these checks pass, the Cython kernels run without bounds checks.
+"""
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "to_pair",
+    "conv_output_size",
+    "pool_output_size",
+    "ConvGeometry",
+    "PoolGeometry",
+    "check_conv2d",
+    "check_pool2d",
+    "check_shape",
+]
+
+
+def _describe(x):
+    if isinstance(x, np.ndarray):
+        return f"array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def result_dtype(x, func, name):
+    """Return the float dtype a computation on array ``x`` runs in (float32 or float64)."""
+    dt = x.dtype
+    if dt == np.float32 or dt == np.float64:
+        return dt
+    if dt.kind in "iub":
+        return np.dtype(np.float64)
+    if dt.kind == "f":
+        raise TypeError(
+            f"{func}: {name} has dtype {dt}, which cnnext does not compute in; "
+            f"convert it with {name}.astype(np.float32) or np.float64"
+        )
+    raise TypeError(
+        f"{func}: {name} must hold real numbers (float32, float64, integer or bool), got dtype {dt}"
+    )
+
+
+def as_float_array(x, name, func, ndims=(4,), dtype=None):
+    """Return ``x`` as a C-contiguous float array with one of the given numbers of dimensions.
+
+    Parameters
+    ----------
+    x : array_like
+        The argument to check.
+    name, func : str
+        Argument and function names for error messages.
+    ndims : tuple of int
+        Accepted numbers of dimensions.
+    dtype : numpy dtype, optional
+        Cast to this dtype (after checking ``x`` is real and numeric). By default the result keeps
+        float32/float64 and turns integers and bools into float64.
+    """
+    if x is None:
+        raise TypeError(f"{func}: {name} must be an array, got None")
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{func}: {name} must be array_like of numbers ({exc})") from None
+    target = result_dtype(x, func, name)
+    if dtype is not None:
+        target = np.dtype(dtype)
+    if x.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{func}: {name} must be {want}, got {x.ndim}-D array of shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=target)
+
+
+def to_pair(value, name, func, minimum=None):
+    """Normalise an int or an (h, w) pair of ints to a tuple of two Python ints >= ``minimum``."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
+        pair = tuple(_to_int(v, name, func) for v in value)
+    else:
+        v = _to_int(value, name, func)
+        pair = (v, v)
+    if minimum is not None and min(pair) < minimum:
+        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _to_int(v, name, func):
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be an int or a pair of ints, got bool {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(
+            f"{func}: {name} must be an int or a pair of ints, got {type(v).__name__} {v!r}"
+        ) from None
+
+
+def conv_output_size(size, kernel, stride, pad_total, dilation):
+    """Output length of a convolution along one axis (PyTorch's rule, floor division)."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """Output length of a pooling along one axis (PyTorch's rule, including ceil_mode's last window).
+
+    With ``ceil_mode`` the last window may run past the input, but it must start inside the input
+    or the left padding; otherwise it is dropped.
+    """
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1 if span >= 0 else span // stride + 1
+        if (out - 1) * stride >= size + pad:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def check_shape(arr, expected, name, func):
+    """Raise ValueError unless ``arr.shape == expected``."""
+    if tuple(arr.shape) != tuple(expected):
+        raise ValueError(f"{func}: {name} must have shape {tuple(expected)}, got {tuple(arr.shape)}")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Normalised convolution parameters (padding split into top/bottom/left/right)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int
+    pb: int
+    pl: int
+    pr: int
+    dh: int
+    dw: int
+    groups: int
+    Ho: int
+    Wo: int
+
+    @property
+    def output_shape(self):
+        return (self.N, self.K, self.Ho, self.Wo)
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def pointwise(self):
+        """True for a 1x1 convolution with stride 1 and no padding (no im2col needed)."""
+        return (self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
+                and self.pt == self.pb == self.pl == self.pr == 0)
+
+
+def _conv_padding(padding, kh, kw, dh, dw, stride, func):
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{func}: padding='same' needs stride 1, got stride={stride}")
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            return th // 2, th - th // 2, tw // 2, tw - tw // 2
+        raise ValueError(f"{func}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = to_pair(padding, "padding", func, minimum=0)
+    return ph, ph, pw, pw
+
+
+def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
+    """Validate conv2d arguments.
+
+    Returns ``(x, weight, bias, geometry, unbatched)`` with x always 4-D (N, C, H, W), weight in
+    x's dtype, bias in x's dtype or None, and ``unbatched`` True when x was a single (C, H, W) sample.
+    """
+    x = as_float_array(x, "input", func, ndims=(3, 4))
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{func}: input's channel and spatial sizes must be >= 1, got shape {x.shape}")
+    weight = as_float_array(weight, "weight", func, ndims=(4,), dtype=x.dtype)
+    if isinstance(groups, (bool, np.bool_)) or not hasattr(groups, "__index__"):
+        raise TypeError(f"{func}: groups must be an int, got {_describe(groups)}")
+    groups = operator.index(groups)
+    if groups < 1:
+        raise ValueError(f"{func}: groups must be >= 1, got {groups}")
+    N, C, H, W = x.shape
+    K, Cg, kh, kw = weight.shape
+    if C % groups:
+        raise ValueError(f"{func}: groups={groups} must divide the input channels, got {C} channels")
+    if K % groups:
+        raise ValueError(f"{func}: groups={groups} must divide the weight's out_channels, got {K}")
+    if Cg * groups != C:
+        raise ValueError(
+            f"{func}: weight of shape {weight.shape} expects {Cg * groups} input channels "
+            f"(weight.shape[1] * groups = {Cg} * {groups}), but input has {C} (shape {x.shape})"
+        )
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{func}: weight's kernel must be at least 1x1, got shape {weight.shape}")
+    sh, sw = to_pair(stride, "stride", func, minimum=1)
+    dh, dw = to_pair(dilation, "dilation", func, minimum=1)
+    pt, pb, pl, pr = _conv_padding(padding, kh, kw, dh, dw, (sh, sw), func)
+    ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if ekh > H + pt + pb or ekw > W + pl + pr:
+        raise ValueError(
+            f"{func}: kernel size {(ekh, ekw)} (dilated) is larger than the padded input "
+            f"{(H + pt + pb, W + pl + pr)}; use a smaller kernel or dilation, or more padding"
+        )
+    if bias is not None:
+        bias = as_float_array(bias, "bias", func, ndims=(1,), dtype=x.dtype)
+        check_shape(bias, (K,), "bias", func)
+    geo = ConvGeometry(N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+                       conv_output_size(H, kh, sh, pt + pb, dh), conv_output_size(W, kw, sw, pl + pr, dw))
+    return x, weight, bias, geo, unbatched
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Normalised pooling parameters."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    Ho: int
+    Wo: int
+
+    @property
+    def output_shape(self):
+        return (self.N, self.C, self.Ho, self.Wo)
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+
+def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """Validate pooling parameters against an (N, C, H, W) input shape; return a PoolGeometry."""
+    N, C, H, W = input_shape
+    if min(C, H, W) < 1:
+        raise ValueError(f"{func}: input's channel and spatial sizes must be >= 1, got shape {tuple(input_shape)}")
+    kh, kw = to_pair(kernel_size, "kernel_size", func, minimum=1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        sh, sw = kh, kw
+    else:
+        sh, sw = to_pair(stride, "stride", func, minimum=1)
+    ph, pw = to_pair(padding, "padding", func, minimum=0)
+    dh, dw = to_pair(dilation, "dilation", func, minimum=1)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{func}: ceil_mode must be a bool, got {_describe(ceil_mode)}")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(
+            f"{func}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"
+        )
+    Ho = pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
+    Wo = pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"{func}: input of spatial size {(H, W)} is too small for kernel_size {(kh, kw)} with "
+            f"padding {(ph, pw)} and dilation {(dh, dw)} (output size would be {(Ho, Wo)})"
+        )
+    for size, k, s, p, d, n_out, axis in ((H, kh, sh, ph, dh, Ho, "height"), (W, kw, sw, pw, dw, Wo, "width")):
+        starts = np.arange(n_out) * s - p
+        taps = starts[:, None] + np.arange(k) * d
+        if not ((taps >= 0) & (taps < size)).any(axis=1).all():
+            raise ValueError(
+                f"{func}: along the {axis}, some pooling window covers only padding "
+                f"(size {size}, kernel {k}, stride {s}, padding {p}, dilation {d}); "
+                f"reduce padding or dilation"
+            )
+    return PoolGeometry(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+
+
+def check_input_shape(input_shape, func, name="input_shape"):
+    """Normalise an (N, C, H, W) or (C, H, W) shape; return (shape4, unbatched)."""
+    try:
+        shape = tuple(operator.index(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be a tuple of ints, got {input_shape!r}") from None
+    if len(shape) not in (3, 4) or min(shape) < 0:
+        raise ValueError(f"{func}: {name} must be (N, C, H, W) or (C, H, W) with sizes >= 0, got {shape}")
+    if len(shape) == 3:
+        return (1,) + shape, True
+    return shape, False

@@ -1,0 +1,36 @@
+"""Batched NCHW operations with torch.nn.functional's names and semantics.
+
+Every other API of cnnext (the learn_dl layers, ``cnnext.nn``) computes through these functions.
+Inputs are (N, C, H, W) arrays, or single (C, H, W) samples; float32 and float64 are computed in their
+own precision, integer and bool inputs in float64.
+"""
+from cnnext.functional.activation import (
+    relu,
+    relu_derivative,
+    sigmoid,
+    sigmoid_derivative,
+    tanh,
+    tanh_derivative,
+)
+from cnnext.functional.conv import conv2d, conv2d_backward
+from cnnext.functional.pooling import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "relu",
+    "relu_derivative",
+    "sigmoid",
+    "sigmoid_derivative",
+    "tanh",
+    "tanh_derivative",
+]

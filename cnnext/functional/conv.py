@@ -1,0 +1,165 @@
+"""2-D convolution, forward and backward, as im2col + one BLAS GEMM per chunk of the batch.
+
+The batch is processed in chunks whose column matrix fits the workspace cap
+(``cnnext.set_workspace_limit``), so memory stays bounded for any batch size. The GEMMs run in numpy's
+BLAS; everything else runs in the Cython kernels of ``cnnext._im2col``. Groups are handled by one
+batched matmul over the groups (no Python loop over groups).
+"""
+import numpy as np
+
+from cnnext import _im2col
+from cnnext._config import get_num_threads, get_workspace_limit
+from cnnext._validation import as_float_array, check_conv2d, check_shape
+
+__all__ = ["conv2d", "conv2d_backward"]
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Apply a 2-D convolution (cross-correlation, as PyTorch) over a batch of images.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, H, W) or (C, H, W)
+        Input images.
+    weight : array_like, shape (K, C // groups, kH, kW)
+        Filters.
+    bias : array_like, shape (K,), optional
+        Added to every output position of each filter.
+    stride, dilation : int or (int, int)
+        Step between windows and between kernel taps, >= 1.
+    padding : int, (int, int), 'valid' or 'same'
+        Implicit zero padding on both sides; 'same' (stride 1 only) keeps the spatial size.
+    groups : int
+        Split input and output channels into this many independent groups.
+
+    Returns
+    -------
+    ndarray, shape (N, K, Ho, Wo) or (K, Ho, Wo)
+        In the input's float dtype (float64 for integer input).
+    """
+    x, weight, bias, g, unbatched = check_conv2d("conv2d", input, weight, bias, stride, padding,
+                                                 dilation, groups)
+    y = _forward(x, weight, bias, g)
+    return y[0] if unbatched else y
+
+
+def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of ``conv2d`` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, K, Ho, Wo) or (K, Ho, Wo)
+        Gradient of the loss with respect to conv2d's output.
+    input, weight, stride, padding, dilation, groups
+        As given to ``conv2d``.
+
+    Returns
+    -------
+    grad_input : ndarray, shape of ``input``
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (K,)
+    """
+    return _backward("conv2d_backward", grad_output, input, weight, stride, padding, dilation,
+                     groups, need_input=True, need_weight=True)
+
+
+def _backward(func, grad_output, input, weight, stride, padding, dilation, groups,
+              need_input, need_weight):
+    """conv2d_backward with the option to skip grad_input or grad_weight (then returned as None)."""
+    x, weight, _, g, unbatched = check_conv2d(func, input, weight, None, stride, padding,
+                                              dilation, groups)
+    gy = as_float_array(grad_output, "grad_output", func, ndims=(3,) if unbatched else (4,),
+                        dtype=x.dtype)
+    check_shape(gy, g.output_shape[1:] if unbatched else g.output_shape, "grad_output", func)
+    if unbatched:
+        gy = gy[None]
+    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
+    gb = gy.sum(axis=(0, 2, 3))
+    if unbatched and gx is not None:
+        gx = gx[0]
+    return gx, gw, gb
+
+
+def _chunk_size(g, itemsize):
+    """Samples per chunk: as many as fit the workspace cap, at least one."""
+    per_sample = g.C * g.kh * g.kw * g.Ho * g.Wo * itemsize
+    return int(max(1, min(g.N, get_workspace_limit() // max(per_sample, 1))))
+
+
+def _head(buf, rows, cols):
+    """A C-contiguous (rows, cols) view on the start of a flat workspace buffer."""
+    return buf[: rows * cols].reshape(rows, cols)
+
+
+def _im2col_args(g):
+    return (g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.Ho, g.Wo)
+
+
+def _forward(x, weight, bias, g):
+    dtype = x.dtype
+    y = np.empty(g.output_shape, dtype=dtype)
+    if y.size == 0:
+        return y
+    nt = get_num_threads()
+    G, K, P = g.groups, g.K, g.Ho * g.Wo
+    Kg, Cg = K // G, g.C // G
+    R = Cg * g.kh * g.kw
+    w = weight.reshape(G, Kg, R)
+    has_bias = bias is not None
+    b = bias if has_bias else np.empty(0, dtype=dtype)
+    if g.pointwise:
+        # 1x1, stride 1, no padding: the input already is the column matrix of each sample.
+        np.matmul(w, x.reshape(g.N, G, Cg, P), out=y.reshape(g.N, G, Kg, P))
+        if has_bias:
+            y += b.reshape(1, K, 1, 1)
+        return y
+    chunk = _chunk_size(g, dtype.itemsize)
+    cols = np.empty(G * R * chunk * P, dtype=dtype)
+    out = np.empty(K * chunk * P, dtype=dtype)
+    y3 = y.reshape(g.N, K, P)
+    for n0 in range(0, g.N, chunk):
+        nc = min(chunk, g.N - n0)
+        c = _head(cols, G * R, nc * P)
+        o = _head(out, K, nc * P)
+        _im2col.im2col(x, c, n0, *_im2col_args(g), nt)
+        np.matmul(w, c.reshape(G, R, nc * P), out=o.reshape(G, Kg, nc * P))
+        _im2col.gemm_to_nchw(o, y3, n0, b, has_bias, nt)
+    return y
+
+
+def _backward_kernels(x, weight, gy, g, need_input, need_weight):
+    dtype = x.dtype
+    G, K, P = g.groups, g.K, g.Ho * g.Wo
+    Kg, Cg = K // G, g.C // G
+    R = Cg * g.kh * g.kw
+    gx = np.zeros(g.input_shape, dtype=dtype) if need_input else None
+    gw = np.zeros((G, Kg, R), dtype=dtype) if need_weight else None
+    if g.N == 0 or K == 0:
+        return gx, (gw.reshape(weight.shape) if need_weight else None)
+    nt = get_num_threads()
+    w = weight.reshape(G, Kg, R)
+    wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
+    chunk = _chunk_size(g, dtype.itemsize)
+    cols = np.empty(G * R * chunk * P, dtype=dtype)
+    gbuf = np.empty(K * chunk * P, dtype=dtype)
+    tmp = np.empty_like(gw) if need_weight and chunk < g.N else None
+    gy3 = gy.reshape(g.N, K, P)
+    for n0 in range(0, g.N, chunk):
+        nc = min(chunk, g.N - n0)
+        c = _head(cols, G * R, nc * P)
+        d = _head(gbuf, K, nc * P)
+        _im2col.nchw_to_gemm(gy3, d, n0, nt)
+        d3 = d.reshape(G, Kg, nc * P)
+        if need_weight:
+            _im2col.im2col(x, c, n0, *_im2col_args(g), nt)
+            c3 = c.reshape(G, R, nc * P)
+            if tmp is None:
+                np.matmul(d3, c3.transpose(0, 2, 1), out=gw)
+            else:
+                np.matmul(d3, c3.transpose(0, 2, 1), out=tmp)
+                gw += tmp
+        if need_input:
+            # the columns are no longer needed: reuse their buffer for d(cols)
+            np.matmul(wt, d3, out=c.reshape(G, R, nc * P))
+            _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
+    return gx, (gw.reshape(weight.shape) if need_weight else None)

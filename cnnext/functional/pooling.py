@@ -1,0 +1,158 @@
+"""Max and average pooling, forward and backward, over the N*C independent planes.
+
+Max pooling returns PyTorch's indices (int64 flat positions h*W + w inside each plane); its backward
+is a scatter-add through them, so overlapping windows accumulate. All loops run in ``cnnext._pool``.
+"""
+import numpy as np
+
+from cnnext import _pool
+from cnnext._config import get_num_threads
+from cnnext._validation import as_float_array, check_input_shape, check_pool2d, check_shape
+
+__all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
+
+
+def _input(x, func):
+    x = as_float_array(x, "input", func, ndims=(3, 4))
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """2-D max pooling over a batch of images, as torch.nn.functional.max_pool2d.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, H, W) or (C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit -inf padding on both sides, at most half the kernel size.
+    dilation : int or (int, int)
+    ceil_mode : bool
+        Use ceil instead of floor for the output size (a last window must start inside the input
+        or its left padding).
+    return_indices : bool
+        Also return the argmax indices, needed by ``max_pool2d_backward``.
+
+    Returns
+    -------
+    output : ndarray, shape (N, C, Ho, Wo) or (C, Ho, Wo)
+    indices : ndarray of int64, same shape, only with ``return_indices``
+        Flat position ``h * W + w`` of each maximum in its (H, W) plane.
+    """
+    func = "max_pool2d"
+    x, unbatched = _input(input, func)
+    g = check_pool2d(func, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    idx = np.empty(g.output_shape, dtype=np.int64)
+    planes = g.N * g.C
+    _pool.max_pool2d_forward(x.reshape(planes, g.H, g.W), y.reshape(planes, g.Ho, g.Wo),
+                             idx.reshape(planes, g.Ho, g.Wo), g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+                             g.dh, g.dw, get_num_threads())
+    if unbatched:
+        y, idx = y[0], idx[0]
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(grad_output, indices, input_shape):
+    """Gradient of ``max_pool2d`` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, C, Ho, Wo) or (C, Ho, Wo)
+    indices : array_like of int, same shape
+        As returned by ``max_pool2d(..., return_indices=True)``; each must lie in [0, H*W).
+    input_shape : tuple
+        Shape of the forward input, (N, C, H, W) or (C, H, W).
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+        Every output gradient added at its index, so overlapping windows accumulate.
+    """
+    func = "max_pool2d_backward"
+    shape, unbatched = check_input_shape(input_shape, func)
+    nd = (3,) if unbatched else (4,)
+    gy = as_float_array(grad_output, "grad_output", func, ndims=nd)
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{func}: indices must be an integer array, got dtype {idx.dtype}")
+    check_shape(idx, gy.shape, "indices", func)
+    if gy.shape[:-2] != tuple(input_shape)[:-2]:
+        raise ValueError(
+            f"{func}: grad_output of shape {gy.shape} does not match input_shape {tuple(input_shape)} "
+            f"in its leading (batch, channel) dimensions"
+        )
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    N, C, H, W = shape
+    planes = N * C
+    gx = np.zeros(shape, dtype=gy.dtype)
+    bad = _pool.max_pool2d_backward(gy.reshape(planes, -1), idx.reshape(planes, -1),
+                                    gx.reshape(planes, H * W), get_num_threads())
+    if bad:
+        raise ValueError(
+            f"{func}: {bad} indices lie outside [0, H*W) = [0, {H * W}) for input_shape "
+            f"{tuple(input_shape)}; pass the indices returned by max_pool2d for that input"
+        )
+    return gx[0] if unbatched else gx
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """2-D average pooling over a batch of images, as torch.nn.functional.avg_pool2d.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, H, W) or (C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit zero padding, at most half the kernel size.
+    ceil_mode : bool
+    count_include_pad : bool
+        Divide by the window size including padding (default) or by the real elements only.
+
+    Returns
+    -------
+    ndarray, shape (N, C, Ho, Wo) or (C, Ho, Wo)
+    """
+    func = "avg_pool2d"
+    x, unbatched = _input(input, func)
+    g = check_pool2d(func, x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    planes = g.N * g.C
+    _pool.avg_pool2d_forward(x.reshape(planes, g.H, g.W), y.reshape(planes, g.Ho, g.Wo),
+                             g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, bool(count_include_pad),
+                             get_num_threads())
+    return y[0] if unbatched else y
+
+
+def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True):
+    """Gradient of ``avg_pool2d`` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, C, Ho, Wo) or (C, Ho, Wo)
+    input_shape : tuple
+        Shape of the forward input.
+    kernel_size, stride, padding, ceil_mode, count_include_pad
+        As given to ``avg_pool2d``.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+    """
+    func = "avg_pool2d_backward"
+    shape, unbatched = check_input_shape(input_shape, func)
+    gy = as_float_array(grad_output, "grad_output", func, ndims=(3,) if unbatched else (4,))
+    g = check_pool2d(func, shape, kernel_size, stride, padding, 1, ceil_mode)
+    check_shape(gy, g.output_shape[1:] if unbatched else g.output_shape, "grad_output", func)
+    planes = g.N * g.C
+    gx = np.zeros(shape, dtype=gy.dtype)
+    _pool.avg_pool2d_backward(gy.reshape(planes, g.Ho, g.Wo), gx.reshape(planes, g.H, g.W),
+                              g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, bool(count_include_pad),
+                              get_num_threads())
+    return gx[0] if unbatched else gx
