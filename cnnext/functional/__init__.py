@@ -13,6 +13,17 @@ from cnnext.functional.activation import (
     tanh_derivative,
 )
 from cnnext.functional.conv import conv2d, conv2d_backward
+from cnnext.functional.linear import linear, linear_backward
+from cnnext.functional.loss import (
+    cross_entropy,
+    cross_entropy_backward,
+    dropout,
+    dropout_backward,
+    log_softmax,
+    mse_loss,
+    mse_loss_backward,
+    softmax,
+)
 from cnnext.functional.pooling import (
     avg_pool2d,
     avg_pool2d_backward,
@@ -33,4 +44,14 @@ __all__ = [
     "sigmoid_derivative",
     "tanh",
     "tanh_derivative",
+    "linear",
+    "linear_backward",
+    "log_softmax",
+    "softmax",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "mse_loss",
+    "mse_loss_backward",
+    "dropout",
+    "dropout_backward",
 ]
