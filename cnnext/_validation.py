@@ -118,7 +118,7 @@ def pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
     """
     span = size + 2 * pad - dilation * (kernel - 1) - 1
     if ceil_mode:
-        out = -(-span // stride) + 1 if span >= 0 else span // stride + 1
+        out = -(-span // stride) + 1  # ceil, also for span < 0 (PyTorch: div_rtn(span + s - 1, s))
         if (out - 1) * stride >= size + pad:
             out -= 1
     else:

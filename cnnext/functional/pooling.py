@@ -89,7 +89,8 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     N, C, H, W = shape
     planes = N * C
     gx = np.zeros(shape, dtype=gy.dtype)
-    bad = _pool.max_pool2d_backward(gy.reshape(planes, -1), idx.reshape(planes, -1),
+    P = gy.shape[-2] * gy.shape[-1]  # not -1 in the reshapes: ambiguous when planes == 0
+    bad = _pool.max_pool2d_backward(gy.reshape(planes, P), idx.reshape(planes, P),
                                     gx.reshape(planes, H * W), get_num_threads())
     if bad:
         raise ValueError(
