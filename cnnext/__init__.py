@@ -16,6 +16,17 @@ from cnnext._config import (
     set_workspace_limit,
 )
 from cnnext import functional
+from cnnext.activators import IdentityActivator, ReluActivator, SigmoidActivator, TanhActivator  # noqa: E402
+from cnnext.layers import (  # noqa: E402
+    ConvLayer,
+    Filter,
+    MaxPoolingLayer,
+    conv,
+    element_wise_op,
+    get_max_index,
+    get_patch,
+    padding,
+)
 
 __all__ = [
     "__version__",
@@ -25,6 +36,19 @@ __all__ = [
     "get_workspace_limit",
     "set_workspace_limit",
     "show_config",
+    # learn_dl API
+    "ConvLayer",
+    "MaxPoolingLayer",
+    "Filter",
+    "IdentityActivator",
+    "ReluActivator",
+    "SigmoidActivator",
+    "TanhActivator",
+    "padding",
+    "conv",
+    "get_patch",
+    "element_wise_op",
+    "get_max_index",
 ]
 
 
