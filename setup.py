@@ -8,6 +8,10 @@ CNNEXT_OPENMP=auto|0|1
 CNNEXT_CYTHON_DEBUG=1
     Turn Cython's bounds checking, wraparound and initialization checks back on
     (and keep assertions), for a debug or sanitizer run.
+CNNEXT_LIBOMP_PREFIX=/path (macOS only)
+    Where libomp is installed (include/omp.h, lib/libomp.dylib). Without it, Homebrew's
+    /opt/homebrew/opt/libomp and /usr/local/opt/libomp are tried. CFLAGS/CPPFLAGS/LDFLAGS
+    are honoured as usual, also by the OpenMP probe.
 """
 import os
 import shutil
@@ -38,12 +42,28 @@ def _openmp_flags():
         compile_args, link_args = ["/openmp"], []
     elif sys.platform == "darwin":
         compile_args, link_args = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+        prefix = _libomp_prefix()
+        if prefix:
+            compile_args.append(f"-I{os.path.join(prefix, 'include')}")
+            link_args.insert(0, f"-L{os.path.join(prefix, 'lib')}")
     else:
         compile_args, link_args = ["-fopenmp"], ["-fopenmp"]
     if mode == "1" or _compiler_accepts(compile_args, link_args):
         return compile_args, link_args
     print("cnnext: the C compiler does not accept OpenMP; building the serial kernels", file=sys.stderr)
     return [], []
+
+
+def _libomp_prefix():
+    """macOS: the libomp install prefix (CNNEXT_LIBOMP_PREFIX or Homebrew's), or None."""
+    env = os.environ.get("CNNEXT_LIBOMP_PREFIX", "").strip()
+    candidates = [env] if env else ["/opt/homebrew/opt/libomp", "/usr/local/opt/libomp"]
+    for prefix in candidates:
+        if os.path.isfile(os.path.join(prefix, "include", "omp.h")):
+            return prefix
+    if env:
+        sys.exit(f"CNNEXT_LIBOMP_PREFIX={env!r} has no include/omp.h")
+    return None
 
 
 def _compiler_accepts(compile_args, link_args):
@@ -56,7 +76,10 @@ def _compiler_accepts(compile_args, link_args):
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
             f.write(code)
-        cmd = cc.split() + compile_args + [src, "-o", os.path.join(tmp, "probe")] + link_args
+        env_cflags = (os.environ.get("CPPFLAGS", "") + " " + os.environ.get("CFLAGS", "")).split()
+        env_ldflags = os.environ.get("LDFLAGS", "").split()
+        cmd = (cc.split() + env_cflags + compile_args + [src, "-o", os.path.join(tmp, "probe")]
+               + env_ldflags + link_args)
         if shutil.which(cmd[0]) is None:
             return False
         return subprocess.run(cmd, capture_output=True).returncode == 0
