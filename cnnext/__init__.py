@@ -8,14 +8,23 @@ Three ways in, all computing through the same Cython kernels:
   learn_dl tutorial), compatible with the tutorial's code, fast and with its bugs fixed.
 - ``cnnext.nn``: layers, losses and ``Sequential`` models for training code.
 """
-from cnnext._version import __version__
-from cnnext._config import (
+import os as _os
+
+# The kernels' OpenMP threads and numpy's BLAS threads take turns on the same cores. With
+# OpenMP's default wait policy, idle OpenMP threads spin after every parallel region and starve
+# the BLAS threads that run next (a GEMM of 0.3 ms took 8 ms on 2 cores). Sleeping idle threads
+# cost a few microseconds per region instead. libgomp reads this when it is loaded, that is when
+# the first kernel module is imported below; a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from cnnext._version import __version__  # noqa: E402
+from cnnext._config import (  # noqa: E402
     get_num_threads,
     get_workspace_limit,
     set_num_threads,
     set_workspace_limit,
 )
-from cnnext import functional
+from cnnext import functional  # noqa: E402
 from cnnext.activators import IdentityActivator, ReluActivator, SigmoidActivator, TanhActivator  # noqa: E402
 from cnnext.layers import (  # noqa: E402
     ConvLayer,
@@ -27,6 +36,9 @@ from cnnext.layers import (  # noqa: E402
     get_patch,
     padding,
 )
+from cnnext import nn, optim  # noqa: E402
+from cnnext.gradcheck import gradcheck  # noqa: E402
+from cnnext.serialization import load, save  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -36,6 +48,12 @@ __all__ = [
     "get_workspace_limit",
     "set_workspace_limit",
     "show_config",
+    # training toolkit
+    "nn",
+    "optim",
+    "save",
+    "load",
+    "gradcheck",
     # learn_dl API
     "ConvLayer",
     "MaxPoolingLayer",

@@ -1,0 +1,440 @@
+"""Layers of cnnext.nn: convolution, pooling, linear, activations, flatten and dropout.
+
+Each layer keeps its parameters and what its backward pass needs from the last forward pass (the
+input, the max-pooling indices, the activation output or the dropout mask); every computation is a
+call into ``cnnext.functional``.
+"""
+import math
+
+import numpy as np
+
+from cnnext import functional as F
+from cnnext._validation import as_float_array, to_pair
+from cnnext.functional import conv as _conv
+from cnnext.nn.module import (
+    Module,
+    Parameter,
+    as_input,
+    check_dtype,
+    check_positive_int,
+    check_rng,
+)
+
+__all__ = [
+    "Conv2d",
+    "Linear",
+    "MaxPool2d",
+    "AvgPool2d",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "Flatten",
+    "Dropout",
+]
+
+
+def _uniform(rng, bound, shape, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Conv2d(Module):
+    """2-D convolution over (N, C, H, W) batches, as torch.nn.Conv2d.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), 'valid' or 'same'
+    groups : int
+        Must divide both channel counts.
+    bias : bool
+        Learn an additive bias per output channel.
+    dtype : np.float32 or np.float64
+        dtype of the parameters; inputs are computed in it.
+    rng : numpy.random.Generator or int, optional
+        Source of the initial weights (PyTorch's default init: weight and bias uniform in
+        +-1/sqrt(fan_in), fan_in = in_channels / groups * kH * kW).
+
+    Attributes
+    ----------
+    weight : Parameter, shape (out_channels, in_channels // groups, kH, kW)
+    bias : Parameter of shape (out_channels,), or None
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        name = "Conv2d"
+        self.in_channels = check_positive_int(in_channels, "in_channels", name)
+        self.out_channels = check_positive_int(out_channels, "out_channels", name)
+        self.groups = check_positive_int(groups, "groups", name)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{name}: groups={self.groups} must divide in_channels={self.in_channels} "
+                             f"and out_channels={self.out_channels}")
+        self.kernel_size = to_pair(kernel_size, "kernel_size", name, minimum=1)
+        self.stride = to_pair(stride, "stride", name, minimum=1)
+        self.dilation = to_pair(dilation, "dilation", name, minimum=1)
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(f"{name}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"{name}: padding='same' needs stride 1, got stride={self.stride}")
+            self.padding = padding
+        else:
+            self.padding = to_pair(padding, "padding", name, minimum=0)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{name}: bias must be a bool, got {type(bias).__name__} {bias!r}")
+        self.dtype = check_dtype(dtype, name)
+        rng = check_rng(rng, name)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform(rng, bound, (self.out_channels, self.in_channels // self.groups,
+                                                      kh, kw), self.dtype))
+        self.bias = Parameter(_uniform(rng, bound, (self.out_channels,), self.dtype)) if bias else None
+        self._x = None
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def forward(self, x):
+        """Convolve a (N, C, H, W) batch (or one (C, H, W) sample); cache it for backward."""
+        x = as_input(x, "Conv2d", ndims=(3, 4), dtype=self.weight.data.dtype)
+        b = self.bias.data if self.bias is not None else None
+        y = F.conv2d(x, self.weight.data, b, **self._args())
+        self._x = x
+        return y
+
+    def backward(self, grad_output, input_grad=True):
+        """Accumulate weight and bias gradients; return d loss / d input (None if not input_grad)."""
+        x = self._cached("_x")
+        gx, gw, gb = _conv._backward("Conv2d.backward", grad_output, x, self.weight.data, self.stride,
+                                     self.padding, self.dilation, self.groups,
+                                     need_input=bool(input_grad), need_weight=True)
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+    def _config(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=list(self.kernel_size), stride=list(self.stride),
+                    padding=self.padding if isinstance(self.padding, str) else list(self.padding),
+                    dilation=list(self.dilation), groups=self.groups, bias=self.bias is not None)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class Linear(Module):
+    """Fully connected layer ``y = x @ weight.T + bias``, as torch.nn.Linear.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    dtype : np.float32 or np.float64
+    rng : numpy.random.Generator or int, optional
+        Source of the initial weights (uniform in +-1/sqrt(in_features), as PyTorch).
+
+    Attributes
+    ----------
+    weight : Parameter, shape (out_features, in_features)
+    bias : Parameter of shape (out_features,), or None
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        name = "Linear"
+        self.in_features = check_positive_int(in_features, "in_features", name)
+        self.out_features = check_positive_int(out_features, "out_features", name)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{name}: bias must be a bool, got {type(bias).__name__} {bias!r}")
+        self.dtype = check_dtype(dtype, name)
+        rng = check_rng(rng, name)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform(rng, bound, (self.out_features, self.in_features), self.dtype))
+        self.bias = Parameter(_uniform(rng, bound, (self.out_features,), self.dtype)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        """Apply the affine map to a (*, in_features) array; cache it for backward."""
+        x = as_input(x, "Linear", ndims=tuple(range(1, 33)), dtype=self.weight.data.dtype)
+        y = F.linear(x, self.weight.data, self.bias.data if self.bias is not None else None)
+        self._x = x
+        return y
+
+    def backward(self, grad_output, input_grad=True):
+        """Accumulate weight and bias gradients; return d loss / d input."""
+        x = self._cached("_x")
+        gx, gw, gb = F.linear_backward(grad_output, x, self.weight.data)
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+    def _config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias is not None)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class MaxPool2d(Module):
+    """2-D max pooling, as torch.nn.MaxPool2d (the argmax indices are kept for backward).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding, dilation : int or (int, int)
+    ceil_mode : bool
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        name = "MaxPool2d"
+        self.kernel_size = _int_or_pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else _int_or_pair(stride, "stride", name, 1)
+        self.padding = _int_or_pair(padding, "padding", name, 0)
+        self.dilation = _int_or_pair(dilation, "dilation", name, 1)
+        if not isinstance(ceil_mode, (bool, np.bool_)):
+            raise TypeError(f"{name}: ceil_mode must be a bool, got {ceil_mode!r}")
+        self.ceil_mode = bool(ceil_mode)
+        self._indices = None
+        self._shape = None
+
+    def forward(self, x):
+        """Pool a (N, C, H, W) batch; cache the argmax indices."""
+        x = as_input(x, "MaxPool2d", ndims=(3, 4))
+        y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                              self.ceil_mode, return_indices=True)
+        self._indices, self._shape = idx, x.shape
+        return y
+
+    def backward(self, grad_output, input_grad=True):
+        """Route each output gradient to its maximum's position (accumulating overlaps)."""
+        idx = self._cached("_indices")
+        return F.max_pool2d_backward(grad_output, idx, self._shape)
+
+    def _config(self):
+        return dict(kernel_size=_jsonable(self.kernel_size), stride=_jsonable(self.stride),
+                    padding=_jsonable(self.padding), dilation=_jsonable(self.dilation),
+                    ceil_mode=self.ceil_mode)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    """2-D average pooling, as torch.nn.AvgPool2d.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+    ceil_mode, count_include_pad : bool
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
+        name = "AvgPool2d"
+        self.kernel_size = _int_or_pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else _int_or_pair(stride, "stride", name, 1)
+        self.padding = _int_or_pair(padding, "padding", name, 0)
+        for flag, val in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
+            if not isinstance(val, (bool, np.bool_)):
+                raise TypeError(f"{name}: {flag} must be a bool, got {val!r}")
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        self._shape = None
+
+    def _args(self):
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def forward(self, x):
+        """Average-pool a (N, C, H, W) batch."""
+        x = as_input(x, "AvgPool2d", ndims=(3, 4))
+        y = F.avg_pool2d(x, *self._args())
+        self._shape = x.shape
+        return y
+
+    def backward(self, grad_output, input_grad=True):
+        """Spread each output gradient evenly over its window."""
+        shape = self._cached("_shape")
+        return F.avg_pool2d_backward(grad_output, shape, *self._args())
+
+    def _config(self):
+        return dict(kernel_size=_jsonable(self.kernel_size), stride=_jsonable(self.stride),
+                    padding=_jsonable(self.padding), ceil_mode=self.ceil_mode,
+                    count_include_pad=self.count_include_pad)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _int_or_pair(value, name, owner, minimum):
+    """Keep an int as an int (as torch's repr shows it) and a pair as a tuple, after validation."""
+    pair = to_pair(value, name, owner, minimum=minimum)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return pair
+    return pair[0]
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class _Activation(Module):
+    _fn = None
+    _deriv = None
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        """Apply the activation element-wise; cache the output for backward."""
+        x = as_input(x, type(self).__name__)
+        y = type(self)._fn(x)
+        self._y = y
+        return y
+
+    def backward(self, grad_output, input_grad=True):
+        """Multiply ``grad_output`` by the derivative (computed from the cached output)."""
+        y = self._cached("_y")
+        gy = as_float_array(grad_output, "grad_output", f"{type(self).__name__}.backward",
+                            ndims=(y.ndim,), dtype=y.dtype)
+        if gy.shape != y.shape:
+            raise ValueError(f"{type(self).__name__}.backward: grad_output must have shape {y.shape}, "
+                             f"got {gy.shape}")
+        return gy * type(self)._deriv(y)
+
+    def _config(self):
+        return {}
+
+
+class ReLU(_Activation):
+    """Rectified linear unit ``max(x, 0)``."""
+
+    _fn = staticmethod(F.relu)
+    _deriv = staticmethod(F.relu_derivative)
+
+
+class Sigmoid(_Activation):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+
+    _fn = staticmethod(F.sigmoid)
+    _deriv = staticmethod(F.sigmoid_derivative)
+
+
+class Tanh(_Activation):
+    """Hyperbolic tangent."""
+
+    _fn = staticmethod(F.tanh)
+    _deriv = staticmethod(F.tanh_derivative)
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim``..``end_dim`` into one, as torch.nn.Flatten (default: all but the batch)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for n, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"Flatten: {n} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self._shape = None
+
+    def forward(self, x):
+        """Reshape the input; remember its shape for backward."""
+        x = as_input(x, "Flatten")
+        nd = x.ndim
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not (0 <= s < max(nd, 1) and 0 <= e < max(nd, 1)) or s > e:
+            raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not fit a "
+                             f"{nd}-D input of shape {x.shape}")
+        self._shape = x.shape
+        if nd == 0:
+            return x.reshape(1)
+        return x.reshape(x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
+
+    def backward(self, grad_output, input_grad=True):
+        """Reshape the gradient back to the input's shape."""
+        shape = self._cached("_shape")
+        gy = np.asarray(grad_output)
+        if gy.size != int(np.prod(shape)):
+            raise ValueError(f"Flatten.backward: grad_output of shape {gy.shape} does not match the "
+                             f"forward input of shape {shape}")
+        return gy.reshape(shape)
+
+    def _config(self):
+        return dict(start_dim=self.start_dim, end_dim=self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training mode zero each element with probability ``p`` and scale by 1/(1-p).
+
+    In evaluation mode (``model.eval()``) it is the identity.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+    rng : numpy.random.Generator or int, optional
+        Source of the masks.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        try:
+            p = float(p)
+        except (TypeError, ValueError):
+            raise TypeError(f"Dropout: p must be a float in [0, 1], got {p!r}") from None
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = p
+        self.rng = check_rng(rng, "Dropout")
+        self._mask = None
+        self._identity = False
+
+    def forward(self, x):
+        """Drop elements at random (training mode) or pass the input through (eval mode)."""
+        x = as_input(x, "Dropout")
+        if not self.training or self.p == 0.0:
+            self._mask, self._identity = None, True
+            return x
+        y, mask = F.dropout(x, self.p, True, self.rng, return_mask=True)
+        self._mask, self._identity = mask, False
+        return y
+
+    def backward(self, grad_output, input_grad=True):
+        """Multiply the gradient by the mask of the last forward pass."""
+        if self._identity:
+            return np.asarray(grad_output)
+        return F.dropout_backward(grad_output, self._cached("_mask"))
+
+    def _config(self):
+        return dict(p=self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"

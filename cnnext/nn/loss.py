@@ -1,0 +1,76 @@
+"""Loss modules: ``loss = criterion(output, target)`` then ``grad = criterion.backward()``."""
+from cnnext import functional as F
+from cnnext.nn.module import Module
+
+__all__ = ["CrossEntropyLoss", "MSELoss"]
+
+
+def _check_reduction(reduction, owner):
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{owner}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    return reduction
+
+
+class _Loss(Module):
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = _check_reduction(reduction, type(self).__name__)
+        self._input = None
+        self._target = None
+
+    def forward(self, output, target):
+        """Return the loss as a Python float and remember the arguments for ``backward``."""
+        loss = self._loss(output, target)
+        self._input, self._target = output, target
+        return float(loss)
+
+    def backward(self, grad_output=1.0, input_grad=True):
+        """Gradient of the loss with respect to ``output`` of the last call (times ``grad_output``)."""
+        x = self._cached("_input")
+        return self._grad(x, self._target, grad_output)
+
+    def _config(self):
+        return dict(reduction=self.reduction)
+
+    def extra_repr(self):
+        return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy on (N, C) logits and (N,) integer class targets.
+
+    log-softmax and the negative log-likelihood are fused and computed from max-shifted logits, so
+    large logits neither overflow nor lose precision.
+
+    Parameters
+    ----------
+    reduction : {'mean', 'sum'}
+        Average or sum the per-sample losses.
+
+    Examples
+    --------
+    >>> criterion = CrossEntropyLoss()
+    >>> loss = criterion(logits, labels)      # a Python float
+    >>> model.backward(criterion.backward())  # d loss / d logits into the model
+    """
+
+    def _loss(self, output, target):
+        return F.cross_entropy(output, target, self.reduction)
+
+    def _grad(self, output, target, grad_output):
+        return F.cross_entropy_backward(output, target, self.reduction, grad_output)
+
+
+class MSELoss(_Loss):
+    """Mean squared error between ``output`` and a target of the same shape.
+
+    Parameters
+    ----------
+    reduction : {'mean', 'sum'}
+    """
+
+    def _loss(self, output, target):
+        return F.mse_loss(output, target, self.reduction)
+
+    def _grad(self, output, target, grad_output):
+        return F.mse_loss_backward(output, target, self.reduction, grad_output)
