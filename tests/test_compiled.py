@@ -1,0 +1,46 @@
+"""The tests run against the compiled kernels, never against a source tree without them."""
+import importlib.machinery
+import importlib.util
+import os
+
+import pytest
+
+import cnnext
+
+KERNELS = ["_im2col", "_pool", "_openmp_helpers"]
+SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernel_is_a_compiled_extension(name):
+    module = importlib.import_module(f"cnnext.{name}")
+    assert module.__file__.endswith(SUFFIXES), module.__file__
+    assert isinstance(module.__loader__, importlib.machinery.ExtensionFileLoader)
+    spec = importlib.util.find_spec(f"cnnext.{name}")
+    assert spec.origin == module.__file__
+    assert os.path.dirname(os.path.abspath(module.__file__)) == os.path.dirname(
+        os.path.abspath(cnnext.__file__))
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_no_pure_python_fallback_next_to_the_kernels(name):
+    package_dir = os.path.dirname(os.path.abspath(cnnext.__file__))
+    entries = os.listdir(package_dir)
+    fallbacks = [e for e in entries
+                 if e.startswith(name + ".")
+                 and e.endswith(tuple(importlib.machinery.SOURCE_SUFFIXES)
+                                + tuple(importlib.machinery.BYTECODE_SUFFIXES))]
+    assert fallbacks == []
+    assert not os.path.isdir(os.path.join(package_dir, name))  # no package shadowing the module
+    pycache = os.path.join(package_dir, "__pycache__")
+    if os.path.isdir(pycache):
+        assert not [e for e in os.listdir(pycache) if e.startswith(name + ".")]
+
+
+def test_functional_uses_the_compiled_kernels():
+    from cnnext.functional import conv, pooling
+
+    assert conv._im2col is importlib.import_module("cnnext._im2col")
+    assert pooling._pool is importlib.import_module("cnnext._pool")
+    for module in (conv._im2col, pooling._pool):
+        assert module.__file__.endswith(SUFFIXES)
