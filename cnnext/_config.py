@@ -22,7 +22,12 @@ def _default_threads():
     return max(1, openmp_max_threads())
 
 
-_state = {"num_threads": _default_threads(), "workspace_bytes": _DEFAULT_WORKSPACE_BYTES}
+_state = {
+    "num_threads": _default_threads(),
+    "workspace_bytes": _DEFAULT_WORKSPACE_BYTES,
+    "conv_algorithm": "auto",
+}
+_CONV_ALGORITHMS = ("auto", "gemm", "direct")
 
 
 def _positive_int(value, name):
@@ -69,3 +74,35 @@ def set_workspace_limit(nbytes):
 def get_workspace_limit():
     """Return the im2col workspace cap in bytes."""
     return _state["workspace_bytes"]
+
+
+class force_conv_algorithm:
+    """Context manager that makes conv2d use one algorithm (for tests and benchmarks).
+
+    Parameters
+    ----------
+    name : {'auto', 'gemm', 'direct'}
+        'gemm' is im2col + BLAS (1x1 convolutions skip the im2col), 'direct' the direct kernels,
+        'auto' lets cnnext choose per shape (the default).
+    """
+
+    def __init__(self, name):
+        if name not in _CONV_ALGORITHMS:
+            raise ValueError(f"force_conv_algorithm: name must be one of {_CONV_ALGORITHMS}, got {name!r}")
+        self.name = name
+
+    def __enter__(self):
+        with _lock:
+            self._old = _state["conv_algorithm"]
+            _state["conv_algorithm"] = self.name
+        return self
+
+    def __exit__(self, *exc):
+        with _lock:
+            _state["conv_algorithm"] = self._old
+        return False
+
+
+def get_conv_algorithm():
+    """Return the forced conv2d algorithm, or 'auto'."""
+    return _state["conv_algorithm"]
