@@ -7,7 +7,7 @@ import pytest
 
 import cnnext
 
-KERNELS = ["_im2col", "_pool", "_openmp_helpers"]
+KERNELS = ["_im2col", "_pool", "_direct", "_openmp_helpers"]
 SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
@@ -41,6 +41,7 @@ def test_functional_uses_the_compiled_kernels():
     from cnnext.functional import conv, pooling
 
     assert conv._im2col is importlib.import_module("cnnext._im2col")
+    assert conv._direct is importlib.import_module("cnnext._direct")
     assert pooling._pool is importlib.import_module("cnnext._pool")
-    for module in (conv._im2col, pooling._pool):
+    for module in (conv._im2col, conv._direct, pooling._pool):
         assert module.__file__.endswith(SUFFIXES)

@@ -6,11 +6,19 @@ import pytest
 
 import cnnext
 import cnnext.functional as F
+from cnnext._config import force_conv_algorithm
 import naive_oracle as oracle
 from naive_oracle import CONV_CASES, assert_close
 
 DTYPES = [np.float32, np.float64, np.int64]
 LAYOUTS = ["C", "F", "slice", "negative", "readonly"]
+
+
+@pytest.fixture(params=["gemm", "direct"])
+def algorithm(request):
+    """Run the test once with each conv2d algorithm forced (im2col + GEMM, and the direct kernels)."""
+    with force_conv_algorithm(request.param):
+        yield request.param
 
 
 def rng_for(*key):
@@ -71,7 +79,7 @@ def out_shape(x, w, params):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case_id", list(CONV_CASES))
-def test_conv2d_forward_matches_oracle(case_id, dtype):
+def test_conv2d_forward_matches_oracle(case_id, dtype, algorithm):
     x, w, b, params = conv_inputs(case_id, dtype)
     y = F.conv2d(x, w, b, **params)
     assert y.dtype == result_dtype(dtype)
@@ -82,7 +90,7 @@ def test_conv2d_forward_matches_oracle(case_id, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case_id", list(CONV_CASES))
-def test_conv2d_backward_matches_oracle(case_id, dtype):
+def test_conv2d_backward_matches_oracle(case_id, dtype, algorithm):
     x, w, _, params = conv_inputs(case_id, dtype)
     gy = make_data(rng_for(case_id, "gy", np.dtype(dtype).name), out_shape(x, w, params), dtype)
     gx, gw, gb = F.conv2d_backward(gy, x, w, **params)
@@ -94,7 +102,7 @@ def test_conv2d_backward_matches_oracle(case_id, dtype):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case_id", ["groups2_stride2", "pointwise", "same_even_asym"])
-def test_conv2d_memory_layouts(case_id, layout):
+def test_conv2d_memory_layouts(case_id, layout, algorithm):
     x, w, b, params = conv_inputs(case_id, np.float64)
     gy = make_data(rng_for(case_id, "gy-layout"), out_shape(x, w, params), np.float64)
     lx, lw, lgy = (with_layout(a, layout) for a in (x, w, gy))
@@ -109,7 +117,7 @@ def test_conv2d_memory_layouts(case_id, layout):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case_id", ["basic3x3", "pointwise", "depthwise"])
-def test_conv2d_unbatched(case_id, dtype):
+def test_conv2d_unbatched(case_id, dtype, algorithm):
     x, w, b, params = conv_inputs(case_id, dtype)
     x3 = x[0]
     y = F.conv2d(x3, w, b, **params)
@@ -126,7 +134,7 @@ def test_conv2d_unbatched(case_id, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case_id", ["basic3x3", "pointwise", "depthwise", "same_even_asym"])
-def test_conv2d_empty_batch(case_id, dtype):
+def test_conv2d_empty_batch(case_id, dtype, algorithm):
     x, w, b, params = conv_inputs(case_id, dtype)
     x0 = x[:0]
     expected_shape = out_shape(x0, w, params)
@@ -151,18 +159,20 @@ def _per_sample_bytes(x, w, params):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case_id", ["basic3x3", "groups2_stride2", "depthwise", "same_even_asym"])
 def test_conv2d_chunked_batch(case_id, dtype, chunking, restore_config):
+    """The GEMM path processes the batch in chunks that fit the workspace limit."""
     x, w, b, params = conv_inputs(case_id, dtype)
     x = np.concatenate([x, x[::-1] * 0.5, x[:1] - 1.0]).astype(dtype)  # N = 2 * N0 + 1, odd
     gy = make_data(rng_for(case_id, "gy-chunk"), out_shape(x, w, params), dtype)
-    cnnext.set_workspace_limit(2**30)
-    y_full = F.conv2d(x, w, b, **params)
-    g_full = F.conv2d_backward(gy, x, w, **params)
-    per_sample = _per_sample_bytes(x, w, params)
-    limit = {"one_sample": per_sample, "partial_last_chunk": 2 * per_sample,
-             "tiny_1000_bytes": 1000}[chunking]
-    cnnext.set_workspace_limit(limit)
-    y = F.conv2d(x, w, b, **params)
-    g = F.conv2d_backward(gy, x, w, **params)
+    with force_conv_algorithm("gemm"):
+        cnnext.set_workspace_limit(2**30)
+        y_full = F.conv2d(x, w, b, **params)
+        g_full = F.conv2d_backward(gy, x, w, **params)
+        per_sample = _per_sample_bytes(x, w, params)
+        limit = {"one_sample": per_sample, "partial_last_chunk": 2 * per_sample,
+                 "tiny_1000_bytes": 1000}[chunking]
+        cnnext.set_workspace_limit(limit)
+        y = F.conv2d(x, w, b, **params)
+        g = F.conv2d_backward(gy, x, w, **params)
     assert_close(y, oracle.conv2d(x, w, b, **params))
     assert_close(y, y_full)
     for got, full, want in zip(g, g_full, oracle.conv2d_backward(gy, x, w, **params)):
@@ -174,7 +184,7 @@ def test_conv2d_chunked_batch(case_id, dtype, chunking, restore_config):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case_id", ["basic3x3", "groups2_stride2", "depthwise", "pointwise",
                                      "same_dilated"])
-def test_conv2d_thread_counts_bitwise_identical(case_id, dtype, restore_config):
+def test_conv2d_thread_counts_bitwise_identical(case_id, dtype, restore_config, algorithm):
     x, w, b, params = conv_inputs(case_id, dtype)
     x = np.concatenate([x, -x, x * 2]).astype(dtype)  # a few more planes to split among threads
     gy = make_data(rng_for(case_id, "gy-threads"), out_shape(x, w, params), dtype)
@@ -190,7 +200,7 @@ def test_conv2d_thread_counts_bitwise_identical(case_id, dtype, restore_config):
         assert_close(got, want)
 
 
-def test_conv2d_does_not_modify_inputs():
+def test_conv2d_does_not_modify_inputs(algorithm):
     x, w, b, params = conv_inputs("groups2_stride2", np.float64)
     gy = make_data(rng_for("gy-nomod"), out_shape(x, w, params), np.float64)
     copies = [a.copy() for a in (x, w, b, gy)]
@@ -200,7 +210,7 @@ def test_conv2d_does_not_modify_inputs():
         np.testing.assert_array_equal(a, c)
 
 
-def test_conv2d_accepts_lists_and_int_bias_with_float32_input():
+def test_conv2d_accepts_lists_and_int_bias_with_float32_input(algorithm):
     x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
     w = [[[[1, 0], [0, -1]], [[0, 2], [1, 0]]]]  # nested lists, ints
     y = F.conv2d(x, w, [3])
