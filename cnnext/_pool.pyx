@@ -137,8 +137,9 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     """Max pooling of the (H, W) planes of x (planes, H, W) into y and idx (planes, Ho, Wo)."""
     cdef Py_ssize_t planes = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], t
+    # the fast path needs every window inside the plane (ceil_mode can add a partial last window)
     cdef bint fast = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
-                      and dh == 1 and dw == 1)
+                      and dh == 1 and dw == 1 and 2 * Ho <= H and 2 * Wo <= W)
     if planes == 0 or Ho == 0 or Wo == 0:
         return
     with nogil:
