@@ -1,0 +1,62 @@
+# Type stubs for the compiled module cnnext/_direct.pyx (checked by `python -m mypy.stubtest`).
+#
+# Direct convolution kernels (depthwise and thin grouped convolutions). Fused-type Cython functions:
+# every floating array of one call is float32 or float64 (the TypeVar _F); arrays are C-contiguous
+# NCHW / (K, C/groups, kh, kw) and are validated and allocated by cnnext/functional.
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+_F = TypeVar("_F", np.float32, np.float64)
+
+def direct_forward(
+    x: NDArray[_F],
+    w: NDArray[_F],
+    y: NDArray[_F],
+    bias: NDArray[_F],
+    has_bias: bool,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    num_threads: int = 1,
+) -> None:
+    """y[n, k] = bias[k] + sum over the group's channels and taps of w * shifted x[n, c]."""
+
+def direct_grad_input(
+    gy: NDArray[_F],
+    w: NDArray[_F],
+    gx: NDArray[_F],
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    num_threads: int = 1,
+) -> None:
+    """gx[n, c] (zeroed by the caller) += every tap's weight times the shifted gy[n, k]."""
+
+def direct_grad_weight(
+    gy: NDArray[_F],
+    x: NDArray[_F],
+    gw: NDArray[_F],
+    scratch: NDArray[_F],
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    num_threads: int = 1,
+) -> None:
+    """gw[k, cg, ki, kj] = sum over samples and output pixels of gy[n, k] * shifted x[n, c].
+
+    scratch has shape (num_threads, Wo + 1): one private row of partial sums per thread.
+    """
