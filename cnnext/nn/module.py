@@ -127,7 +127,11 @@ class Module:
 
     # -- attribute registration -------------------------------------------------------------
     def __setattr__(self, name, value):
-        params = self.__dict__.get("_parameters")
+        d = self.__dict__
+        if not isinstance(value, (Parameter, Module)) and name in d:
+            d[name] = value  # fast path: plain attribute already set (caches in forward)
+            return
+        params = d.get("_parameters")
         modules = self.__dict__.get("_modules")
         if isinstance(value, (Parameter, Module)) and params is None:
             raise AttributeError(
