@@ -576,7 +576,10 @@ def main(argv=None):
     parser = _build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        print(_DESCRIPTION)
+        try:
+            print(_DESCRIPTION)
+        except BrokenPipeError:
+            _silence_stdout()
         return 0
     args = parser.parse_args(argv)
     if args.command is None:
@@ -593,6 +596,17 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout():
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -171,6 +171,10 @@ def load(path, return_metadata=False):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"cnnext.load: no such file: {path!r}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise _bad(path, "it is not an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not hasattr(npz, "files"):
