@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -187,7 +188,7 @@ def load(path, return_metadata=False):
         if str(exc).startswith("cnnext.load"):
             raise
         raise _bad(path, f"{exc} (object arrays are refused: loading never unpickles)") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
         raise _bad(path, f"cannot read the archive ({type(exc).__name__}: {exc}); "
                          f"the file may be truncated or corrupt") from None
     meta_arr = arrays.pop(_META_KEY)

@@ -9,6 +9,7 @@ import hashlib
 import os
 import struct
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -119,10 +120,14 @@ def _download(url, dest, sha256, timeout):
     fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=directory)
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                h.update(block)
-                f.write(block)
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        h.update(block)
+                        f.write(block)
+            except (urllib.error.URLError, OSError) as exc:
+                raise OSError(f"load_mnist: cannot download {url}: {exc}") from exc
         digest = h.hexdigest()
         if sha256 is not None and digest != sha256.lower():
             raise ValueError(f"load_mnist: checksum mismatch for {url}: SHA-256 {digest}, expected "
