@@ -213,14 +213,16 @@ forbid() { # forbid LISTING REGEX WHAT
 }
 
 step_sdist_contents() {
-    local sdist listing mod
+    local sdist listing mod pxd
     sdist=$(echo "$DIST"/cnnext-*.tar.gz)
     listing=$(list_archive "$sdist")
     echo "$listing"
     for mod in $(compiled_modules); do
         require "$listing" "^cnnext/$mod\.pyx$" "cnnext/$mod.pyx"
-        require "$listing" "^cnnext/$mod\.pxd$" "cnnext/$mod.pxd"
-        require "$listing" "^cnnext/$mod\.pyi$" "cnnext/$mod.pyi"
+        require "$listing" "^cnnext/$mod\.pyi$" "cnnext/$mod.pyi (every compiled module needs a stub)"
+    done
+    for pxd in $(git -C "$SRC" ls-files 'cnnext/*.pxd'); do
+        require "$listing" "^${pxd//./\\.}$" "$pxd"
     done
     require "$listing" '^cnnext/py\.typed$' "cnnext/py.typed"
     require "$listing" '^cnnext/_version\.py$' "cnnext/_version.py"
@@ -244,14 +246,16 @@ step_sdist_contents() {
 }
 
 step_wheel_contents() {
-    local wheel listing mod
+    local wheel listing mod pxd
     wheel=$(echo "$DIST"/cnnext-*.whl)
     listing=$(list_archive "$wheel")
     echo "$listing"
     for mod in $(compiled_modules); do
         require "$listing" "^cnnext/$mod\.[^/]*\.so$" "compiled cnnext/$mod"
         require "$listing" "^cnnext/$mod\.pyi$" "cnnext/$mod.pyi"
-        require "$listing" "^cnnext/$mod\.pxd$" "cnnext/$mod.pxd"
+    done
+    for pxd in $(git -C "$SRC" ls-files 'cnnext/*.pxd'); do
+        require "$listing" "^${pxd//./\\.}$" "$pxd"
     done
     require "$listing" '^cnnext/py\.typed$' "cnnext/py.typed"
     require "$listing" '^cnnext/__init__\.py$' "cnnext/__init__.py"
