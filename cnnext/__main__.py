@@ -161,6 +161,8 @@ def _build_parser():
     d.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for the timed convolution (default: cnnext's default)")
     d.add_argument("--repeat", type=_positive_int, default=5, help="timing repetitions (default 5)")
+    d.add_argument("--batch", type=_positive_int, default=64,
+                   help="batch size of the timed convolution (default 64)")
     return parser
 
 
@@ -312,7 +314,7 @@ def _cmd_train(args):
             correct += int(np.sum(logits.argmax(axis=1) == yb))
             seen += xb.shape[0]
             if i % 5 == 0:
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=True)
         bar.close()
         test_loss, test_acc, _ = _evaluate(model, *test)
         history["epoch"].append(epoch)
@@ -541,7 +543,7 @@ def _cmd_demo(args):
 
     if args.threads is not None:
         cnnext.set_num_threads(args.threads)
-    N, C, H, W, K = 64, 32, 32, 32, 64
+    N, C, H, W, K = args.batch, 32, 32, 32, 64
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
     wt = rng.standard_normal((K, C, 3, 3), dtype=np.float32)
