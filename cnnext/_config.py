@@ -30,12 +30,12 @@ _state = {
 _CONV_ALGORITHMS = ("auto", "gemm", "direct")
 
 
-def _positive_int(value, name):
+def _positive_int(value, name, func):
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{func}: {name} must be a positive int, got {type(value).__name__} {value!r}")
     value = value.__index__()
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise ValueError(f"{func}: {name} must be >= 1, got {value}")
     return value
 
 
@@ -47,7 +47,7 @@ def set_num_threads(n):
     n : int
         Thread count, >= 1. Without OpenMP the kernels are serial and any value behaves as 1.
     """
-    n = _positive_int(n, "n")
+    n = _positive_int(n, "n", "set_num_threads")
     with _lock:
         _state["num_threads"] = n
 
@@ -66,7 +66,7 @@ def set_workspace_limit(nbytes):
         Size in bytes, >= 1. A convolution processes its batch in chunks whose column matrix fits
         in this budget; one sample's columns are always allowed, even if larger.
     """
-    nbytes = _positive_int(nbytes, "nbytes")
+    nbytes = _positive_int(nbytes, "nbytes", "set_workspace_limit")
     with _lock:
         _state["workspace_bytes"] = nbytes
 
