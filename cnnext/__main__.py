@@ -295,9 +295,10 @@ def _cmd_train(args):
     for epoch in range(1, args.epochs + 1):
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch:>{width}}/{args.epochs}", unit="batch", leave=False,
-                   disable=args.no_progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.2)
-        for i, (xb, yb) in enumerate(bar):
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch:>{width}}/{args.epochs}", unit="batch",
+                   leave=False, disable=args.no_progress, file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.1)
+        for i, (xb, yb) in enumerate(loader):
             if args.schedule == "cosine":
                 frac = ((epoch - 1) * len(loader) + i) / (args.epochs * len(loader))
                 for group in opt.param_groups:
@@ -313,8 +314,9 @@ def _cmd_train(args):
             total_loss += loss * xb.shape[0]
             correct += int(np.sum(logits.argmax(axis=1) == yb))
             seen += xb.shape[0]
-            if i % 5 == 0:
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=True)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+            bar.update(1)
+        bar.refresh()  # show the finished epoch (all batches, final running loss) before clearing
         bar.close()
         test_loss, test_acc, _ = _evaluate(model, *test)
         history["epoch"].append(epoch)
@@ -347,6 +349,7 @@ def _plot(history, model, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from cnnext import nn
 
@@ -371,13 +374,15 @@ def _plot(history, model, path):
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy")
     ax.legend()
+    for a in fig.axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     lim = float(np.abs(w).max()) or 1.0
     for i in range(k):
         a = fig.add_subplot(gs[i // cols, 2 + i % cols])
         a.imshow(w[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
         a.set_xticks([])
         a.set_yticks([])
-    fig.suptitle("cnnext training: first-layer filters on the right")
+    fig.suptitle("cnnext training: loss, accuracy and the first conv layer's filters")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-import cnnext
 from cnnext import functional as F
 from cnnext import nn
 from cnnext.gradcheck import GradcheckError, gradcheck
