@@ -132,6 +132,9 @@ def _build_parser():
     t.add_argument("--plot", metavar="PATH", default=None,
                    help="write a PNG of the loss/accuracy curves and first-layer filters (needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI: run as 'mpiexec -n N python -m cnnext train "
+                        "--distributed'; --batch-size is per rank; needs pip install 'cnnext[mpi]'")
 
     for name, helptext, desc in (
         ("evaluate", "test accuracy, loss and confusion matrix of a saved model",
@@ -243,6 +246,10 @@ def _evaluate(model, X, y, batch_size=256):
 
 # -- train -------------------------------------------------------------------------------------
 def _cmd_train(args):
+    if args.distributed:  # the MPI training loop lives in cnnext.distributed
+        from cnnext.distributed import train_cli
+
+        return train_cli(args, sys.modules[__name__])
     from tqdm import tqdm
 
     from cnnext import nn, optim, save

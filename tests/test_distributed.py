@@ -336,3 +336,38 @@ def test_gradients_travel_in_few_buckets(mpi_results):
     _, res = mpi_results
     assert int(res["sgd/buckets"]) == 1                     # 25 MiB cap: one buffer for the model
     assert int(res["momentum/buckets"]) == 5                # 1 KiB cap: split, still one call per bucket
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+@needs_mpi
+def test_cli_train_distributed_two_ranks(tmp_path):
+    model_path = tmp_path / "ddp.npz"
+    proc = mpirun(2, ["-m", "cnnext", "train", "--distributed", "--epochs", "3", "--no-progress",
+                      "--save", str(model_path)])
+    out = proc.stdout
+    assert "distributed training on 2 MPI ranks" in out
+    assert "batch size 32 per rank (64 global)" in out
+    # only rank 0 prints: every line once
+    for line in ("epoch 1/3", "epoch 3/3", "test accuracy", "throughput", "model saved to"):
+        assert out.count(line) == 1, out
+    assert "gradient Allreduce" in out
+    import cnnext
+    from cnnext.datasets import load_digits
+
+    model, meta = cnnext.load(str(model_path), return_metadata=True)
+    assert meta["mpi_ranks"] == 2 and meta["global_batch_size"] == 64
+    (_, _), (Xt, yt) = load_digits()
+    acc = float(np.mean(model.eval()(Xt).argmax(axis=1) == yt))
+    assert acc > 0.8, acc                                    # chance is 0.1
+    assert abs(acc - meta["test_accuracy"]) < 1e-12          # the reported accuracy is the saved model's
+
+
+def test_cli_distributed_without_mpi4py_is_one_line(monkeypatch, capsys, tmp_path):
+    from cnnext.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    status = main(["train", "--distributed", "--epochs", "1", "--save", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert status == 2 and "cnnext[mpi]" in err and len(err.strip().splitlines()) == 1, err
