@@ -81,7 +81,7 @@ run_step() {
         exit 1
     fi
     printf 'PASS  [%d/%d] %s (%ds)\n' "$STEP" "$TOTAL" "$title" "$dt"
-    SUMMARY+=("$(printf 'PASS  [%2d/%d] %-58s %4ds' "$STEP" "$TOTAL" "$title" "$dt")")
+    SUMMARY+=("$(printf 'PASS  [%2d/%d] %-66s %4ds' "$STEP" "$TOTAL" "$title" "$dt")")
 }
 
 compiled_modules() { # the extension modules: one per tracked cnnext/*.pyx, e.g. "_im2col _pool"
@@ -299,12 +299,14 @@ step_stubtest() {
 }
 
 # run_suite VENV LABEL: show_config (OpenMP must be compiled in), then the suite, from a scratch
-# directory holding only a copy of tests/ and pyproject.toml (the pytest settings): cnnext can only
-# come from the venv's site-packages.
+# directory holding only copies of tests/, benchmarks/ (for the benchmark smoke test) and
+# pyproject.toml (the pytest settings), as cibuildwheel's test-sources: cnnext can only come from
+# the venv's site-packages.
 run_suite() {
     local venv=$1 label=$2 run=$WORK/run-$2
     mkdir -p "$run"
     cp -R "$SRC/tests" "$run/tests"
+    if [ -d "$SRC/benchmarks" ]; then cp -R "$SRC/benchmarks" "$run/benchmarks"; fi
     cp "$SRC/pyproject.toml" "$run/"
     (cd "$run" && "$venv/bin/python" - "$venv") <<'EOF'
 import os, sys
