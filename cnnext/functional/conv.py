@@ -97,10 +97,18 @@ def _algorithm(g):
     return "direct" if g.groups > 1 and g.K // g.groups <= 4 else "gemm"
 
 
+# Target size of one chunk's column matrix plus GEMM output: small enough to stay in the last-level
+# cache between im2col writing it and the GEMM reading it, large enough for an efficient GEMM.
+_CACHE_TARGET_BYTES = 4 * 2**20
+
+
 def _chunk_size(g, itemsize):
-    """Samples per chunk: as many as fit the workspace cap, at least one."""
-    per_sample = g.C * g.kh * g.kw * g.Ho * g.Wo * itemsize
-    return int(max(1, min(g.N, get_workspace_limit() // max(per_sample, 1))))
+    """Samples per chunk: as many as fit the cache target and the workspace cap, at least one."""
+    P = g.Ho * g.Wo
+    cols = g.C * g.kh * g.kw * P * itemsize
+    per_sample = cols + g.K * P * itemsize
+    budget = min(get_workspace_limit() // max(cols, 1), _CACHE_TARGET_BYTES // max(per_sample, 1))
+    return int(max(1, min(g.N, budget)))
 
 
 def _head(buf, rows, cols):
