@@ -114,7 +114,26 @@ def _bad(path, why):
     return ValueError(f"cnnext.load: {path!r} is not a valid cnnext model file: {why}")
 
 
-def _build(spec, path, where="architecture"):
+def _param_elements(kind, config):
+    """Parameter elements a Conv2d/Linear config asks for (0 for other layers, None if unclear)."""
+    try:
+        if kind == "Linear":
+            out = int(config["out_features"])
+            return int(config["in_features"]) * out + (out if config.get("bias", True) else 0)
+        if kind == "Conv2d":
+            k = config["kernel_size"]
+            kh, kw = (k, k) if isinstance(k, int) else (int(k[0]), int(k[-1]))
+            out, groups = int(config["out_channels"]), max(1, int(config.get("groups", 1)))
+            return (out * (int(config["in_channels"]) // groups) * kh * kw
+                    + (out if config.get("bias", True) else 0))
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return 0
+
+
+def _build(spec, path, where="architecture", budget=None):
+    # budget: parameter elements the file holds; a layer asking for far more is refused before it
+    # allocates (a corrupt or hostile header must not trigger a huge allocation)
     if not isinstance(spec, dict) or "type" not in spec:
         raise _bad(path, f"{where} must be an object with a 'type'")
     kind = spec["type"]
@@ -126,15 +145,23 @@ def _build(spec, path, where="architecture"):
         for i, entry in enumerate(children):
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
                 raise _bad(path, f"{where}.children[{i}] must be [name, spec]")
-            items[entry[0]] = _build(entry[1], path, f"{where}.{entry[0]}")
-        return nn.Sequential(items)
-    cls = _LAYERS.get(kind)
+            items[entry[0]] = _build(entry[1], path, f"{where}.{entry[0]}", budget)
+        try:
+            return nn.Sequential(items)
+        except (TypeError, ValueError) as exc:
+            raise _bad(path, f"{where}: {exc}") from None
+    cls = _LAYERS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise _bad(path, f"{where}: unknown module type {kind!r} (known: Sequential, {', '.join(_LAYERS)})")
     config = spec.get("config", {})
     if not isinstance(config, dict):
         raise _bad(path, f"{where}: 'config' must be an object")
     config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
+    need = _param_elements(kind, config)
+    if budget is not None and need is not None and need > budget + 2**20:  # small mismatches are
+        # reported below, by name and shape
+        raise _bad(path, f"{where}: {kind} with {spec.get('config')} needs {need} parameter values, "
+                         f"but the file holds only {budget}")
     if cls in _WITH_DTYPE:
         config["rng"] = np.random.default_rng(0)  # weights are overwritten right after
     try:
@@ -184,11 +211,17 @@ def load(path, return_metadata=False):
             if _META_KEY not in names:
                 raise _bad(path, f"no {_META_KEY!r} entry (was it written by cnnext.save?)")
             arrays = {name: npz[name] for name in names}
+        for name, a in arrays.items():
+            if not isinstance(a, np.ndarray):  # numpy hands back non-.npy members as raw bytes
+                raise _bad(path, f"entry {name!r} is not a .npy array")
     except ValueError as exc:
         if str(exc).startswith("cnnext.load"):
             raise
         raise _bad(path, f"{exc} (object arrays are refused: loading never unpickles)") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
+    except MemoryError:
+        raise _bad(path, "an entry declares an array too large to load; the file may be corrupt") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
+            NotImplementedError, RuntimeError) as exc:  # unknown compression method, encrypted
         raise _bad(path, f"cannot read the archive ({type(exc).__name__}: {exc}); "
                          f"the file may be truncated or corrupt") from None
     meta_arr = arrays.pop(_META_KEY)
@@ -198,6 +231,8 @@ def load(path, return_metadata=False):
         meta = json.loads(str(meta_arr[()]))
     except json.JSONDecodeError as exc:
         raise _bad(path, f"its header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _bad(path, "its header is nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
         raise _bad(path, f"header 'format' must be {_FORMAT_NAME!r}")
     version = meta.get("format_version")
@@ -207,7 +242,11 @@ def load(path, return_metadata=False):
     dtype = meta.get("dtype")
     if dtype not in ("float32", "float64"):
         raise _bad(path, f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    model = _build(meta.get("architecture"), path)
+    budget = sum(a.size for a in arrays.values())
+    try:
+        model = _build(meta.get("architecture"), path, budget=budget)
+    except RecursionError:
+        raise _bad(path, "its architecture is nested too deeply") from None
     model.to(np.dtype(dtype))
     expected = OrderedDict((name, p) for name, p in model.named_parameters())
     missing = [k for k in expected if k not in arrays]
