@@ -608,35 +608,36 @@ def train_cli(args, cli):
     if args.limit is not None:
         X, y = X[:args.limit], y[:args.limit]
     n_classes = int(max(y.max(), test.y.max())) + 1
-    model = cli._build_model(X.shape[1:], args.channels, n_classes, np.random.default_rng(args.seed))
-    ddp = DistributedDataParallel(model, comm=comm)
-    lr = args.lr if args.lr is not None else cli._DEFAULT_LR[args.optimizer]
-    opt, opt_desc = _make_optimizer(args.optimizer, ddp.parameters(), lr, args.weight_decay)
-    criterion = nn.CrossEntropyLoss()
-    sampler = DistributedSampler(X.shape[0], seed=args.seed, comm=comm)
-    steps = sampler.num_batches(args.batch_size)
 
-    n_params = sum(p.size for p in model.parameters())
-    h, w = X.shape[2:]
-    say(f"cnnext {__version__}: distributed training on {size} MPI rank{'s' * (size > 1)}, {source}: "
-        f"{X.shape[0]} train / {test.X.shape[0]} test images of {h}x{w}, {n_classes} classes")
-    say(f"model: {model}".replace("\n", "\n       "))
-    say(f"       {n_params:,} parameters; {opt_desc}; batch size {args.batch_size} per rank "
-        f"({args.batch_size * size} global); {steps} steps/epoch; {args.epochs} epochs; {args.schedule} "
-        f"lr schedule; seed {args.seed}; {args.threads} thread{'s' * (args.threads > 1)} per rank; "
-        f"{len(ddp.buckets)} gradient bucket{'s' * (len(ddp.buckets) > 1)}")
-    history = {"epoch": [], "loss": [], "train_acc": [], "test_acc": [], "test_loss": []}
-    width = len(str(args.epochs))
-    t0 = time.perf_counter()
-    train_time, images = 0.0, 0
-    try:
+    def run():  # from here on, an error on one rank must stop all of them (below)
+        model = cli._build_model(X.shape[1:], args.channels, n_classes, np.random.default_rng(args.seed))
+        ddp = DistributedDataParallel(model, comm=comm)
+        lr = args.lr if args.lr is not None else cli._DEFAULT_LR[args.optimizer]
+        opt, opt_desc = _make_optimizer(args.optimizer, ddp.parameters(), lr, args.weight_decay)
+        criterion = nn.CrossEntropyLoss()
+        sampler = DistributedSampler(X.shape[0], seed=args.seed, comm=comm)
+        steps = sampler.num_batches(args.batch_size)
+
+        n_params = sum(p.size for p in model.parameters())
+        h, w = X.shape[2:]
+        say(f"cnnext {__version__}: distributed training on {size} MPI rank{'s' * (size > 1)}, {source}: "
+            f"{X.shape[0]} train / {test.X.shape[0]} test images of {h}x{w}, {n_classes} classes")
+        say(f"model: {model}".replace("\n", "\n       "))
+        say(f"       {n_params:,} parameters; {opt_desc}; batch size {args.batch_size} per rank "
+            f"({args.batch_size * size} global); {steps} steps/epoch; {args.epochs} epochs; {args.schedule} "
+            f"lr schedule; seed {args.seed}; {args.threads} thread{'s' * (args.threads > 1)} per rank; "
+            f"{len(ddp.buckets)} gradient bucket{'s' * (len(ddp.buckets) > 1)}")
+        history = {"epoch": [], "loss": [], "train_acc": [], "test_acc": [], "test_loss": []}
+        width = len(str(args.epochs))
+        t0 = time.perf_counter()
+        train_time, images = 0.0, 0
         for epoch in range(1, args.epochs + 1):
             ddp.train()
             sampler.set_epoch(epoch - 1)
             loss_sum, correct, seen = 0.0, 0, 0
             bar = tqdm(total=steps, desc=f"epoch {epoch:>{width}}/{args.epochs}", unit="batch", leave=False,
                        file=sys.stderr, disable=args.no_progress or not lead, dynamic_ncols=True,
-                       mininterval=0.1)
+                       mininterval=0.1, ascii=True)  # ASCII: some MPI launchers (gforker) drop UTF-8
             te = time.perf_counter()
             for i, (xb, yb) in enumerate(sampler.minibatches(X, y, args.batch_size)):
                 if args.schedule == "cosine":
@@ -670,35 +671,42 @@ def train_cli(args, cli):
             say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
                 f"train acc {100 * history['train_acc'][-1]:5.1f}%  test loss {test_loss:.4f}  "
                 f"test acc {100 * test_acc:5.1f}%  ({time.perf_counter() - t0:.1f} s)")
-    except cli._UsageError:
+        elapsed = time.perf_counter() - t0
+        ar = ddp.allreduce_stats()
+        # per-rank figures averaged over the ranks: [allreduce seconds, steps, training seconds]
+        sums = allreduce_sum([ar["total_s"], ar["steps"], train_time], comm)
+        ar_ms = 1e3 * sums[0] / max(sums[1], 1)
+        step_ms = 1e3 * sums[2] / max(sums[1], 1)
+        final_acc = history["test_acc"][-1]
+        n_test = test.X.shape[0]
+        if lead:
+            meta.update({"input_shape": list(X.shape[1:]), "classes": n_classes, "epochs": args.epochs,
+                         "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
+                         "test_accuracy": final_acc, "train_seconds": round(elapsed, 3),
+                         "mpi_ranks": size, "global_batch_size": args.batch_size * size})
+            model.eval()
+            save(model, save_path, metadata=meta)
+        say(f"test accuracy {100 * final_acc:.2f}% ({int(round(final_acc * n_test))}/{n_test}) "
+            f"after {args.epochs} epochs in {elapsed:.1f} s")
+        say(f"throughput {images / train_time:,.0f} images/s on {size} rank{'s' * (size > 1)} "
+            f"({train_time:.2f} s of training steps); gradient Allreduce {ar_ms:.3f} ms per step "
+            f"of {step_ms:.2f} ms ({100 * ar_ms / step_ms if step_ms else 0:.1f}%)")
+        say(f"model saved to {save_path}")
+        if lead and args.plot is not None:
+            cli._plot(history, model, args.plot)
+            say(f"plot saved to {args.plot}")
+        comm.Barrier()  # rank 0 has saved: every rank exits with the file in place
+        return 0
+
+    try:
+        return run()
+    except cli._UsageError:  # raised alike on every rank (e.g. a diverged loss, reduced over the ranks)
         raise
     except Exception as exc:  # one rank failing alone would leave the others waiting forever
-        print(f"cnnext train --distributed: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        try:
+            print(f"cnnext train --distributed: rank {rank}: {type(exc).__name__}: {exc}; aborting all ranks",
+                  file=sys.stderr, flush=True)
+        except Exception:  # stderr itself may be the broken pipe
+            pass
         comm.Abort(1)
         raise
-    elapsed = time.perf_counter() - t0
-    ar = ddp.allreduce_stats()
-    # per-rank figures averaged over the ranks: [allreduce seconds, steps, training seconds]
-    sums = allreduce_sum([ar["total_s"], ar["steps"], train_time], comm)
-    ar_ms = 1e3 * sums[0] / max(sums[1], 1)
-    step_ms = 1e3 * sums[2] / max(sums[1], 1)
-    final_acc = history["test_acc"][-1]
-    n_test = test.X.shape[0]
-    if lead:
-        meta.update({"input_shape": list(X.shape[1:]), "classes": n_classes, "epochs": args.epochs,
-                     "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
-                     "test_accuracy": final_acc, "train_seconds": round(elapsed, 3),
-                     "mpi_ranks": size, "global_batch_size": args.batch_size * size})
-        model.eval()
-        save(model, save_path, metadata=meta)
-    say(f"test accuracy {100 * final_acc:.2f}% ({int(round(final_acc * n_test))}/{n_test}) "
-        f"after {args.epochs} epochs in {elapsed:.1f} s")
-    say(f"throughput {images / train_time:,.0f} images/s on {size} rank{'s' * (size > 1)} "
-        f"({train_time:.2f} s of training steps); gradient Allreduce {ar_ms:.3f} ms per step "
-        f"of {step_ms:.2f} ms ({100 * ar_ms / step_ms if step_ms else 0:.1f}%)")
-    say(f"model saved to {save_path}")
-    if lead and args.plot is not None:
-        cli._plot(history, model, args.plot)
-        say(f"plot saved to {args.plot}")
-    comm.Barrier()  # rank 0 has saved: every rank exits with the file in place
-    return 0

@@ -1,7 +1,7 @@
 """Run under ``mpiexec -n N``: data-parallel training scenarios whose results tests/test_distributed.py
 compares with single-process training. Not a test module (pytest does not collect it).
 
-Usage: ``mpiexec -n N python distributed_worker.py OUT.npz``. Rank 0 writes, per scenario ``s``:
+Usage: ``mpiexec -n N python distributed_worker.py OUT.npz`` (or ``--fail-one-rank MODEL.npz``). Rank 0 writes, per scenario ``s``:
 ``s/params`` (steps+1, P) rank 0's flattened parameters before the first and after every step,
 ``s/max_rank_diff`` (steps,) the largest difference between any rank's parameters and rank 0's,
 ``s/loss`` (steps,) the step's mean loss over all ranks (from ``reduce_metrics``),
@@ -101,5 +101,25 @@ def main(out):
         np.savez(out, **results)
 
 
+def fail_one_rank(save_path):
+    """``train --distributed`` where rank 1 alone raises at its third step: all ranks must stop."""
+    from mpi4py import MPI
+    import cnnext.__main__ as cli
+
+    if MPI.COMM_WORLD.Get_rank() == 1:
+        backward, calls = dist.DistributedDataParallel.backward, []
+
+        def failing(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("injected failure on rank 1")
+            return backward(self, *a, **k)
+
+        dist.DistributedDataParallel.backward = failing
+    return cli.main(["train", "--distributed", "--epochs", "2", "--no-progress", "--save", save_path])
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--fail-one-rank":
+        sys.exit(fail_one_rank(sys.argv[2]))
     main(sys.argv[1])

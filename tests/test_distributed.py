@@ -9,6 +9,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -263,13 +264,23 @@ def mpi_skip_reason():
 needs_mpi = pytest.mark.skipif(mpi_skip_reason() is not None, reason=str(mpi_skip_reason()))
 
 
-def mpirun(n, args, timeout=180):
+def mpirun(n, args, timeout=180, check=True):
     cmd = [find_mpiexec(), "-n", str(n), sys.executable] + list(args)
+    # A session of its own, so a hung run is ended with all its ranks, not just mpiexec.
+    popen = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=(os.name == "posix"))
     try:
-        proc = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s:\n{exc.stdout}\n{exc.stderr}")
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        stdout, stderr = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if os.name == "posix":
+            os.killpg(popen.pid, signal.SIGKILL)
+        else:
+            popen.kill()
+        stdout, stderr = popen.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s:\n{stdout}\n{stderr}")
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
@@ -344,9 +355,9 @@ def test_gradients_travel_in_few_buckets(mpi_results):
 @needs_mpi
 def test_cli_train_distributed_two_ranks(tmp_path):
     model_path = tmp_path / "ddp.npz"
-    proc = mpirun(2, ["-m", "cnnext", "train", "--distributed", "--epochs", "3", "--no-progress",
-                      "--save", str(model_path)])
+    proc = mpirun(2, ["-m", "cnnext", "train", "--distributed", "--epochs", "3", "--save", str(model_path)])
     out = proc.stdout
+    assert "epoch 3/3: 100%" in proc.stderr                  # rank 0's progress bar got through the launcher
     assert "distributed training on 2 MPI ranks" in out
     assert "batch size 32 per rank (64 global)" in out
     # only rank 0 prints: every line once
@@ -371,3 +382,13 @@ def test_cli_distributed_without_mpi4py_is_one_line(monkeypatch, capsys, tmp_pat
     status = main(["train", "--distributed", "--epochs", "1", "--save", str(tmp_path / "m.npz")])
     err = capsys.readouterr().err
     assert status == 2 and "cnnext[mpi]" in err and len(err.strip().splitlines()) == 1, err
+
+
+@needs_mpi
+def test_cli_one_failing_rank_stops_all_ranks(tmp_path):
+    model_path = tmp_path / "never.npz"
+    proc = mpirun(2, [os.path.join(HERE, "distributed_worker.py"), "--fail-one-rank", str(model_path)],
+                  timeout=90, check=False)
+    assert proc.returncode != 0
+    assert "rank 1: RuntimeError: injected failure on rank 1; aborting all ranks" in proc.stderr, proc.stderr
+    assert not model_path.exists()
