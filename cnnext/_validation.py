@@ -6,7 +6,9 @@ arguments become (h, w) pairs of ints, and shapes are checked against each other
 ValueError or TypeError and name the function, the argument, what it was and what was expected.
 Once these checks pass, the Cython kernels run without bounds checks.
 """
+import math
 import operator
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +93,8 @@ def to_pair(value, name, func, minimum=None):
         pair = (v, v)
     if minimum is not None and min(pair) < minimum:
         raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
+    if max(abs(v) for v in pair) > sys.maxsize:  # the kernels take Py_ssize_t
+        raise ValueError(f"{func}: {name} must be at most {sys.maxsize}, got {value!r}")
     return pair
 
 
@@ -222,7 +226,9 @@ def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
     if ekh > H + pt + pb or ekw > W + pl + pr:
         raise ValueError(
             f"{func}: kernel size {(ekh, ekw)} (dilated) is larger than the padded input "
-            f"{(H + pt + pb, W + pl + pr)}; use a smaller kernel or dilation, or more padding"
+            f"{(H + pt + pb, W + pl + pr)}; use a smaller kernel or dilation, or more padding "
+            f"(weight shape {weight.shape}, dilation {(dh, dw)}, padding {padding!r}, "
+            f"input shape {x.shape})"
         )
     if bias is not None:
         bias = as_float_array(bias, "bias", func, ndims=(1,), dtype=x.dtype)
@@ -286,9 +292,19 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
             f"padding {(ph, pw)} and dilation {(dh, dw)} (output size would be {(Ho, Wo)})"
         )
     for size, k, s, p, d, n_out, axis in ((H, kh, sh, ph, dh, Ho, "height"), (W, kw, sw, pw, dw, Wo, "width")):
-        starts = np.arange(n_out) * s - p
-        taps = starts[:, None] + np.arange(k) * d
-        if not ((taps >= 0) & (taps < size)).any(axis=1).all():
+        # Window o has taps o*s - p + i*d, i < k. A window starting inside the input is fine (the
+        # output size rules keep every start below size), so only those starting in the left
+        # padding are checked, by arithmetic: never one array element per tap, whatever k is.
+        only_padding = False
+        for o in range(n_out):
+            st = o * s - p
+            if st >= 0:
+                break
+            i0 = -(st // d)  # first tap at or after 0: ceil(-st / d)
+            if i0 >= k or st + i0 * d >= size:
+                only_padding = True
+                break
+        if only_padding:
             raise ValueError(
                 f"{func}: along the {axis}, some pooling window covers only padding "
                 f"(size {size}, kernel {k}, stride {s}, padding {p}, dilation {d}); "
@@ -305,6 +321,8 @@ def check_input_shape(input_shape, func, name="input_shape"):
         raise TypeError(f"{func}: {name} must be a tuple of ints, got {input_shape!r}") from None
     if len(shape) not in (3, 4) or min(shape) < 0:
         raise ValueError(f"{func}: {name} must be (N, C, H, W) or (C, H, W) with sizes >= 0, got {shape}")
+    if math.prod(shape) * 8 > sys.maxsize:
+        raise ValueError(f"{func}: {name} {shape} is too large for an array")
     if len(shape) == 3:
         return (1,) + shape, True
     return shape, False
