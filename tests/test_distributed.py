@@ -16,13 +16,14 @@ import sys
 import numpy as np
 import pytest
 
+import cnnext
 from cnnext import nn, optim
 from cnnext import distributed as dist
 
 import distributed_worker as worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +250,8 @@ def mpi_env():
         "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     })
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # The ranks import the cnnext this process imported (the source tree or an installed wheel).
+    env["PYTHONPATH"] = os.pathsep.join([PKG_PARENT, HERE] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
@@ -364,7 +366,6 @@ def test_cli_train_distributed_two_ranks(tmp_path):
     for line in ("epoch 1/3", "epoch 3/3", "test accuracy", "throughput", "model saved to"):
         assert out.count(line) == 1, out
     assert "gradient Allreduce" in out
-    import cnnext
     from cnnext.datasets import load_digits
 
     model, meta = cnnext.load(str(model_path), return_metadata=True)
