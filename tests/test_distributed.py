@@ -269,8 +269,9 @@ needs_mpi = pytest.mark.skipif(mpi_skip_reason() is not None, reason=str(mpi_ski
 def mpirun(n, args, timeout=180, check=True):
     cmd = [find_mpiexec(), "-n", str(n), sys.executable] + list(args)
     # A session of its own, so a hung run is ended with all its ranks, not just mpiexec.
+    # cwd: "python -m cnnext" from the repository root would import the uncompiled source tree.
     popen = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=(os.name == "posix"))
+                             cwd=HERE, start_new_session=(os.name == "posix"))
     try:
         stdout, stderr = popen.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
