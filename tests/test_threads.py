@@ -4,10 +4,14 @@
   (np.array_equal) the serial results.
 - Results are bitwise identical for every kernel thread count (cnnext.set_num_threads 1, 2, 3):
   each output element is computed by one thread with the same sequence of operations.
-- The kernels release the GIL; here only correctness is tested (two threads on separate data).
-  How much faster two threads are is measured by benchmarks/threads.py, never asserted.
+- The kernels release the GIL: two threads on separate data get the serial results, and a probe
+  (huge switch interval: a GIL-holding call lets no other thread run, shown by a control) sees the
+  main thread run while each kernel call is in flight. How much faster two threads are is
+  measured by benchmarks/threads.py, never asserted.
 - multiprocessing works after cnnext has run parallel (OpenMP) code, with the default start method
-  (fork on Linux) and with spawn and forkserver.
+  (fork on Linux) and with spawn and forkserver. With GNU libgomp, a child forked after the parent
+  ran a parallel region hangs in its first parallel region unless its kernels run serially; the
+  test with the default start method fails (after a 60 s timeout) until cnnext handles that.
 
 Settings such as the thread count and the forced conv algorithm are process-wide; every test here
 sets them before starting its threads and restores them afterwards.
@@ -159,17 +163,32 @@ def test_two_threads_on_separate_data_are_correct():
             assert np.array_equal(g, w)
 
 
-def test_kernels_release_the_gil():
-    """Another Python thread runs while a kernel call is in flight (not a timing test).
+def _gil_probe_calls():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 64, 64))
+    w = rng.standard_normal((16, 16, 3, 3))
+    wd = rng.standard_normal((16, 1, 5, 5))
+    y = F.conv2d(x, w, padding=1)
+    return {
+        "max_pool2d": lambda: F.max_pool2d(x, 7, 1, 3),
+        "avg_pool2d": lambda: F.avg_pool2d(x, 7, 1, 3),
+        "max_pool2d_backward": lambda: F.max_pool2d_backward(*F.max_pool2d(x, 3, 1, 1, return_indices=True), x.shape),
+        "conv2d_direct": lambda: F.conv2d(x, wd, padding=2, groups=16),
+        "conv2d_backward_direct": lambda: F.conv2d_backward(F.conv2d(x, wd, padding=2, groups=16), x, wd,
+                                                            padding=2, groups=16),
+        "conv2d_gemm": lambda: F.conv2d(x, w, padding=1),
+        "conv2d_backward_gemm": lambda: F.conv2d_backward(y, x, w, padding=1),
+    }
+
+
+def _gil_probe(call):
+    """How often the main thread ran while ``call`` was in flight in a worker thread.
 
     The switch interval is made huge, so a thread holding the GIL keeps it until it blocks or
-    releases it. A worker flags ``in_call`` around max_pool2d calls (float64 C-contiguous input: no
-    copy, nothing else in the call releases the GIL) and the main thread, which sleeps between
-    checks, counts how often it sees the flag set. If the kernel kept the GIL, the main thread could
-    not run at all between setting and clearing the flag: the count would be exactly 0.
+    releases it. The worker flags ``in_call`` around three calls and the main thread, which sleeps
+    between checks, counts how often it sees the flag set. If the call kept the GIL throughout, the
+    main thread could not run at all between setting and clearing the flag: the count is exactly 0.
     """
-    cnnext.set_num_threads(1)
-    x = np.random.default_rng(0).standard_normal((8, 32, 64, 64))
     state = {"in_call": False, "done": False}
     seen = 0
     old = sys.getswitchinterval()
@@ -178,7 +197,7 @@ def test_kernels_release_the_gil():
         def work():
             for _ in range(3):
                 state["in_call"] = True
-                F.max_pool2d(x, 7, 1, 3)
+                call()
                 state["in_call"] = False
             state["done"] = True
 
@@ -191,7 +210,26 @@ def test_kernels_release_the_gil():
         t.join()
     finally:
         sys.setswitchinterval(old)
-    assert seen > 0, "the main thread never ran while max_pool2d was running: the GIL was held"
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(_gil_probe_calls()))
+def test_kernels_release_the_gil(name):
+    """Another Python thread runs while a kernel call is in flight (a correctness probe, no timing).
+
+    Inputs are float64 and C-contiguous (no copy); what else runs in a call is small numpy
+    bookkeeping, plus numpy's GEMM for the gemm algorithm (which releases the GIL too).
+    """
+    cnnext.set_num_threads(1)
+    call = _gil_probe_calls()[name]
+    with force_conv_algorithm("direct" if name.endswith("direct") else "gemm"):
+        seen = _gil_probe(call)
+    assert seen > 0, f"the main thread never ran while {name} was running: the GIL was held"
+
+
+def test_gil_probe_control_sees_a_gil_holding_call():
+    """The probe can fail: a pure-Python loop holds the GIL, and the main thread never runs."""
+    assert _gil_probe(lambda: sum(range(2 * 10**6))) == 0
 
 
 def _parent_results(seeds, threads):
