@@ -66,7 +66,7 @@ TARGET_LENET_RATIO = 1.0
 
 MIB = 2.0 ** 20
 
-torch = None  # set by _import_torch() in main(), before cnnext is imported
+torch = None  # set by _import_torch() in main(), before cnnext is imported (see _import_torch)
 cnnext = None
 
 
@@ -75,12 +75,13 @@ def log(msg):
 
 
 # --------------------------------------------------------------------------------------------------
-# Imports. PyTorch must be loaded BEFORE cnnext: both link an OpenMP runtime (PyTorch ships its own
-# libgomp; cnnext's wheels vendor theirs, a source build links the system's). A runtime reads its
-# environment (OMP_NUM_THREADS, OMP_PROC_BIND, ...) and sizes its thread pool when it is loaded, and
-# whichever library is loaded first decides which copy satisfies the shared "libgomp.so.1" name. Loading
-# torch first gives torch the runtime it was built and tuned with, and makes the order the same in every
-# run, so the numbers do not depend on which module a script happened to import first.
+# Imports. PyTorch is loaded BEFORE cnnext (default; --import-order cnnext-first reverses it): both
+# link an OpenMP runtime, and a runtime reads its environment (OMP_NUM_THREADS, OMP_WAIT_POLICY,
+# GOMP_SPINCOUNT, ...) and sets up its thread pool when it is loaded. The order also decides which copy
+# is shared: PyTorch ships its own libgomp.so.1, and a cnnext built from source on Linux links
+# "libgomp.so.1" by name, so once torch is loaded cnnext binds to torch's copy (cnnext's wheels vendor a
+# renamed copy and keep their own). Loading torch first gives it the runtime it was built and tuned
+# with, and one fixed order keeps runs comparable. The header lists the OpenMP runtimes actually loaded.
 # --------------------------------------------------------------------------------------------------
 def _import_torch(enabled):
     global torch
@@ -783,6 +784,16 @@ def _loadavg():
         return None
 
 
+def _openmp_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    out = [f"{info.get('filepath')} ({info.get('version') or 'version unknown'})"
+           for info in threadpool_info() if info.get("user_api") == "openmp"]
+    return "; ".join(out) or "none found"
+
+
 def _blas_info():
     try:
         from threadpoolctl import threadpool_info
@@ -817,6 +828,8 @@ def header(args, torch_note, learn_dl_note):
         f"- cnnext {cfg['version']} from {Path(cnnext.__file__).parent}: OpenMP "
         f"{'compiled in' if cfg['openmp'] else 'NOT compiled in (serial kernels)'}, "
         f"workspace cap {cfg['workspace_bytes'] / MIB:.0f} MiB",
+        f"- OpenMP runtimes loaded: {_openmp_info() or 'unknown (threadpoolctl missing)'}; "
+        f"import order {args.import_order}",
         f"- learn_dl: {args.learn_dl if learn_dl_note is None else learn_dl_note}",
         f"- run: dtype {','.join(args.dtypes)}, threads {','.join(map(str, args.threads))}, "
         f"reps {args.reps} (learn_dl {args.reps_slow}), sections {','.join(args.sections)}"
@@ -855,6 +868,9 @@ def parse_args(argv):
                     help=f"path of learn_dl's cnn.py (default: {DEFAULT_LEARN_DL} when it exists)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="comma-separated sections to run (default: all): " + ", ".join(SECTIONS))
+    ap.add_argument("--import-order", choices=["torch-first", "cnnext-first"], default="torch-first",
+                    help="load PyTorch before cnnext (default) or after: which OpenMP runtime a source "
+                         "build of cnnext shares with torch depends on it (see the header)")
     ap.add_argument("--markdown", metavar="PATH", default=None, help="also write the tables to this file")
     args = ap.parse_args(argv)
 
@@ -884,8 +900,13 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch_note = _import_torch(not args.no_torch)  # before cnnext: see the comment at _import_torch
-    _import_cnnext()
+    # torch before cnnext unless asked otherwise: see the comment above _import_torch
+    if args.import_order == "cnnext-first":
+        _import_cnnext()
+        torch_note = _import_torch(not args.no_torch)
+    else:
+        torch_note = _import_torch(not args.no_torch)
+        _import_cnnext()
 
     learn_dl_note = None
     if args.no_learn_dl:
