@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --keep) keep=1 ;;
         --workdir) shift; workdir="$1" ;;
         --) shift; pytest_args=("$@"); break ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "sanitize.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
