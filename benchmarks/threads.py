@@ -8,7 +8,9 @@ two free cores:
 
 is about 0.5 when the GIL is released during the heavy work (the two threads overlap), and about
 1.0 when it is held (they take turns). The Python glue between kernel calls holds the GIL, so the
-ratio is never exactly 0.5. Results depend on the load of the machine: run it on an idle one.
+ratio is never exactly 0.5. The process's CPU time over wall time while both threads run is also
+shown (about 2 when they overlap). Both depend on the machine being idle: a busy second core makes
+them look serialised. tests/test_threads.py checks GIL release without timing.
 
 Usage: python benchmarks/threads.py [--reps 5] [--calls 10] [--shape N,C,H,W,K,k] [--dtype float32]
 """
@@ -44,7 +46,39 @@ def _one_thread(data, calls, backward):
     return time.perf_counter() - t0
 
 
-def _two_threads(data, calls, backward):
+def _control(reps):
+    """The same measurement for numpy's sort, which releases the GIL: what this machine allows now."""
+    arrays = [np.random.default_rng(i).random(2_000_000) for i in range(2)]
+
+    def work(a):
+        for _ in range(3):
+            np.sort(a)
+
+    def one():
+        t0 = time.perf_counter()
+        work(arrays[0])
+        return time.perf_counter() - t0
+
+    def two(cpu):
+        barrier = threading.Barrier(3)
+        threads = [threading.Thread(target=lambda a=a: (barrier.wait(), work(a))) for a in arrays]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        cpu.append((time.process_time() - c0) / wall)
+        return wall
+
+    t1 = min(one() for _ in range(reps))
+    cpu = []
+    t2 = min(two(cpu) for _ in range(reps))
+    return t1, t2, max(cpu)
+
+
+def _two_threads(data, calls, backward, cpu=None):
     barrier = threading.Barrier(3)
 
     def run(i):
@@ -56,10 +90,13 @@ def _two_threads(data, calls, backward):
     for t in threads:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) / wall)
+    return wall
 
 
 def main(argv=None):
@@ -83,19 +120,25 @@ def main(argv=None):
     print(f"conv2d {args.dtype} input {(N, C, H, W)}, {K} filters {k}x{k}, padding 1; "
           f"{args.calls} calls per thread, best of {args.reps}")
     print()
-    print("| algorithm | pass | 1 thread (s) | 2 threads (s) | ratio 2 threads / (2 x 1 thread) |")
-    print("|---|---|---|---|---|")
+    print("| algorithm | pass | 1 thread (s) | 2 threads (s) | ratio 2 threads / (2 x 1 thread) | CPU/wall, 2 threads |")
+    print("|---|---|---|---|---|---|")
     for algorithm in ("gemm", "direct"):
         for backward in (False, True):
             with force_conv_algorithm(algorithm):
                 _two_threads(data, 1, backward)  # warm-up
                 one = min(_one_thread(data, args.calls, backward) for _ in range(args.reps))
-                two = min(_two_threads(data, args.calls, backward) for _ in range(args.reps))
+                cpu = []
+                two = min(_two_threads(data, args.calls, backward, cpu) for _ in range(args.reps))
             ratio = two / (2 * one)
             label = "fwd+bwd" if backward else "fwd"
-            print(f"| {algorithm} | {label} | {one:.4f} | {two:.4f} | {ratio:.2f} |")
+            print(f"| {algorithm} | {label} | {one:.4f} | {two:.4f} | {ratio:.2f} | {max(cpu):.2f} |")
+    one, two, cpu = _control(args.reps)
+    print(f"| control: numpy.sort | - | {one:.4f} | {two:.4f} | {two / (2 * one):.2f} | {cpu:.2f} |")
     print()
     print("ratio ~0.5: the two threads ran in parallel (GIL released); ~1.0: serialised (GIL held)")
+    print("CPU/wall: cores this process kept busy while both threads ran (~2 in parallel, <=1 serialised);")
+    print("both figures need two idle cores: other processes on the machine push them towards 1;")
+    print("the numpy.sort control (which releases the GIL) shows what the machine allowed during the run")
     return 0
 
 
