@@ -26,6 +26,8 @@ _state = {
     "num_threads": _default_threads(),
     "workspace_bytes": _DEFAULT_WORKSPACE_BYTES,
     "conv_algorithm": "auto",
+    "parallel_used": False,  # a kernel ran (or may have run) with more than one thread
+    "forked_serial": False,  # this process was forked after that: kernels run serially
 }
 _CONV_ALGORITHMS = ("auto", "gemm", "direct")
 
@@ -45,7 +47,10 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int
-        Thread count, >= 1. Without OpenMP the kernels are serial and any value behaves as 1.
+        Thread count, >= 1. Without OpenMP the kernels are serial and any value behaves as 1, and
+        so does a process forked (``multiprocessing``'s default on Linux) after its parent ran
+        multi-threaded kernels, because the OpenMP runtime cannot start threads there. Use the
+        ``spawn`` or ``forkserver`` start method for multi-threaded kernels in worker processes.
     """
     n = _positive_int(n, "n", "set_num_threads")
     with _lock:
@@ -53,8 +58,29 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Return the number of threads the cnnext kernels use."""
-    return _state["num_threads"]
+    """Return the number of threads the cnnext kernels use.
+
+    In a child process forked after the parent ran multi-threaded kernels this is always 1 (see
+    ``set_num_threads``).
+    """
+    n = _state["num_threads"]
+    if n > 1:
+        if _state["forked_serial"]:
+            return 1
+        _state["parallel_used"] = True
+    return n
+
+
+def _after_fork_in_child():
+    # GNU libgomp is not fork-safe: a child forked after the parent ran a parallel region hangs in
+    # its own first parallel region (its thread pool names threads that were not forked). Such a
+    # child runs the kernels serially instead; the results are bitwise the same.
+    if _state["parallel_used"]:
+        _state["forked_serial"] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_workspace_limit(nbytes):
