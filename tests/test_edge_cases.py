@@ -336,7 +336,7 @@ def test_max_pool2d_indices_beyond_2_31_touching_few_pages(huge_input):
         F.max_pool2d_backward(y, bad, x.shape)
 
 
-@pytest.mark.skipif(not SLOW, reason="full pass over 2**31 elements (a few seconds, still no real "
+@pytest.mark.skipif(not SLOW, reason="full pass over 2**31 elements (10-30 s, still no real "
                                      "memory): set CNNEXT_SLOW_TESTS=1 to run it")
 def test_global_pools_over_more_than_2_31_elements(huge_input):
     x = huge_input
@@ -344,6 +344,32 @@ def test_global_pools_over_more_than_2_31_elements(huge_input):
     assert y[0, 0, 0, 0] == 4.0 and idx[0, 0, 0, 0] == BIG_H * BIG_W - 1
     a = F.avg_pool2d(x, (BIG_H, BIG_W))
     assert a[0, 0, 0, 0] == pytest.approx(10.0 / (BIG_H * BIG_W), rel=1e-3)
+
+
+def test_max_pool2d_with_huge_padding_returns():
+    """A kernel of 2**40 with padding 2**39 on a 6x6 input is valid (PyTorch's rules) and has one
+    output: it must come back at once, not walk the padding one step at a time. Run in a child
+    process so that a hang fails the test instead of stalling the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cnnext
+
+    code = ("import numpy as np, cnnext.functional as F\n"
+            "x = np.arange(36.0).reshape(1, 1, 6, 6)\n"
+            "y, i = F.max_pool2d(x, 2**40, padding=2**39, return_indices=True)\n"
+            "print(y.ravel().tolist(), i.ravel().tolist())\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
+                                         env.get("PYTHONPATH", "")])
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("max_pool2d(kernel_size=2**40, padding=2**39) did not return within 60 s")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[35.0]", "[35]"]  # the window covers the whole input
 
 
 # ------------------------------------------------------------------------------------ tiny sizes

@@ -260,8 +260,8 @@ def test_conv2d_forward_backward_match_oracle(case, seed, x_dtype, w_dtype, x_la
 
 # Bad values for each conv2d argument; each keeps the other arguments valid.
 BAD_SIZE = [0, -1, -3, 1.5, 2.0, True, False, "2", None, (1, 2, 3), (), [1, 0], (1, -1), (1.0, 1),
-            np.float64(1.0), 1j, object(), (None, 1)]
-BAD_PADDING = [-1, (0, -1), 0.5, "full", "SAME", True, None, (1, 1, 1), 1j, [0, 1.5]]
+            np.float64(1.0), 1j, object(), (None, 1), 2**64, (1, 2**70), -(2**63)]
+BAD_PADDING = [-1, (0, -1), 0.5, "full", "SAME", True, None, (1, 1, 1), 1j, [0, 1.5], 2**64, (0, 2**70)]
 BAD_GROUPS = [0, -1, 1.0, True, "1", None, 3, 5, (1,), np.float32(1)]
 BAD_ARRAYS = ["complex", "object", "float16", "string", "none", "ragged", "dict", "scalar", "1d", "5d",
               "empty_channels", "datetime"]
@@ -504,10 +504,10 @@ def test_max_pool2d_backward_any_indices(seed, N, C, H, W, Ho, Wo, idx_dtype, ba
 
 
 BAD_POOL_ARGS = {
-    "kernel_size": [0, -1, 1.5, True, None, "2", (2, 2, 2), (0, 1), 1j],
-    "stride": [0, -2, 1.5, True, "1", (1, 0), (2, 2, 2)],
-    "padding": [-1, 0.5, True, None, (0, -1), "same", (9, 9)],
-    "dilation": [0, -1, 1.5, False, None, (1, 0)],
+    "kernel_size": [0, -1, 1.5, True, None, "2", (2, 2, 2), (0, 1), 1j, 2**64],
+    "stride": [0, -2, 1.5, True, "1", (1, 0), (2, 2, 2), 2**64, (1, 2**70)],
+    "padding": [-1, 0.5, True, None, (0, -1), "same", (9, 9), 2**64],
+    "dilation": [0, -1, 1.5, False, None, (1, 0), 2**64],
     "ceil_mode": [None, 0, 1, "yes", 1.0],
 }
 
