@@ -365,9 +365,9 @@ def test_max_pool2d_with_huge_padding_returns():
                                          env.get("PYTHONPATH", "")])
     try:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                             timeout=60)
+                             timeout=30)
     except subprocess.TimeoutExpired:
-        pytest.fail("max_pool2d(kernel_size=2**40, padding=2**39) did not return within 60 s")
+        pytest.fail("max_pool2d(kernel_size=2**40, padding=2**39) did not return within 30 s")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[35.0]", "[35]"]  # the window covers the whole input
 

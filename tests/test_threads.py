@@ -240,7 +240,7 @@ def _pool_results(ctx, seeds, threads):
     with ctx.Pool(2) as pool:
         res = pool.map_async(mp_workers.conv_job, [(s, threads) for s in seeds])
         try:
-            return res.get(timeout=60)
+            return res.get(timeout=30)
         except multiprocessing.TimeoutError:
             pool.terminate()
             pytest.fail(f"multiprocessing ({ctx.get_start_method()}) workers hung: with {threads} kernel "
