@@ -26,3 +26,11 @@ def conv_job(args):
     gx, gw, gb = F.conv2d_backward(y, x, w, padding=1)
     p, idx = F.max_pool2d(y, 2, return_indices=True)
     return y, gx, gw, gb, p, idx
+
+
+def threads_after(n):
+    """cnnext.get_num_threads() after cnnext.set_num_threads(n), in this (worker) process."""
+    import cnnext
+
+    cnnext.set_num_threads(n)
+    return cnnext.get_num_threads()

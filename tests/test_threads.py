@@ -9,9 +9,9 @@
   main thread run while each kernel call is in flight. How much faster two threads are is
   measured by benchmarks/threads.py, never asserted.
 - multiprocessing works after cnnext has run parallel (OpenMP) code, with the default start method
-  (fork on Linux) and with spawn and forkserver. With GNU libgomp, a child forked after the parent
-  ran a parallel region hangs in its first parallel region unless its kernels run serially; the
-  test with the default start method fails (after a 60 s timeout) until cnnext handles that.
+  (fork on Linux) and with spawn and forkserver. (GNU libgomp cannot start threads in a child
+  forked after the parent ran a parallel region: cnnext runs such a child's kernels serially; a
+  hang fails the test after a 30 s timeout.)
 
 Settings such as the thread count and the forced conv algorithm are process-wide; every test here
 sets them before starting its threads and restores them afterwards.
@@ -282,3 +282,13 @@ def test_fork_after_parallel_code_with_serial_children():
     for g, w in zip(got, want):
         for a, b in zip(g, w):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform")
+def test_forked_child_after_parallel_code_reports_one_thread():
+    """After the parent ran multi-threaded kernels, a forked child's kernels run serially."""
+    cnnext.set_num_threads(2)
+    _parent_results([1], 2)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        res = pool.apply_async(mp_workers.threads_after, (3,))
+        assert res.get(timeout=30) == 1
