@@ -12,7 +12,8 @@
 # comparisons in the same order.
 #
 # Average pooling follows PyTorch's divisor rule: with count_include_pad the divisor is the window
-# clipped to the padded input, otherwise the number of real input elements in the window.
+# clipped to the padded input, otherwise the number of real input elements in the window. Window
+# sums are accumulated in double, so float32 input whose mean fits never overflows.
 #
 # max_pool2d_backward trusts nothing about `indices`: an index outside [0, H*W) is never used and the
 # kernel reports it, and cnnext/functional.py raises ValueError.
@@ -40,13 +41,13 @@ cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
     for oh in range(Ho):
         hs = oh * sh - ph
         he = _min(hs + (kh - 1) * dh + 1, H)
-        while hs < 0:
-            hs = hs + dh
+        if hs < 0:  # first tap inside the plane (arithmetic, not a walk: padding may be huge)
+            hs = hs + ((-hs + dh - 1) // dh) * dh
         for ow in range(Wo):
             ws = ow * sw - pw
             we = _min(ws + (kw - 1) * dw + 1, W)
-            while ws < 0:
-                ws = ws + dw
+            if ws < 0:
+                ws = ws + ((-ws + dw - 1) // dw) * dw
             best = hs * W + ws
             m = -INFINITY
             ih = hs
@@ -101,7 +102,9 @@ cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
     # Forward: x is the (H, W) input plane and y the (Ho, Wo) output plane.
     # Backward: x is the (Ho, Wo) grad_output plane and y the (H, W) grad_input plane (zeroed).
     cdef Py_ssize_t oh, ow, hs, he, ws, we, ih, iw, pool_size, divisor
-    cdef floating acc, g
+    # sums run in double: a float32 window of huge values may overflow while its mean fits
+    cdef double acc
+    cdef floating g
     for oh in range(Ho):
         hs = oh * sh - ph
         he = _min(hs + kh, H + ph)
@@ -127,7 +130,7 @@ cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
                 for ih in range(_max(hs, 0), _min(he, H)):
                     for iw in range(_max(ws, 0), _min(we, W)):
                         acc = acc + x[ih * W + iw]
-                y[oh * Wo + ow] = acc / <floating>divisor if divisor > 0 else 0
+                y[oh * Wo + ow] = <floating>(acc / divisor) if divisor > 0 else 0
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64_t[:, :, ::1] idx,

@@ -121,7 +121,8 @@ def cross_entropy(input, target, reduction="mean"):
         return losses.sum(dtype=x.dtype)
     if losses.size == 0:
         return x.dtype.type(np.nan)
-    return losses.mean(dtype=x.dtype)
+    # the mean is taken in float64: float32 losses whose sum overflows may still have a finite mean
+    return x.dtype.type(losses.mean(dtype=np.float64))
 
 
 def cross_entropy_backward(input, target, reduction="mean", grad_output=1.0):
@@ -184,7 +185,7 @@ def mse_loss(input, target, reduction="mean"):
         return sq.sum(dtype=x.dtype)
     if sq.size == 0:
         return x.dtype.type(np.nan)
-    return sq.mean(dtype=x.dtype)
+    return x.dtype.type(sq.mean(dtype=np.float64))
 
 
 def mse_loss_backward(input, target, reduction="mean", grad_output=1.0):
