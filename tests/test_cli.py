@@ -5,6 +5,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,6 +19,10 @@ _ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspa
 
 
 def run(*args, cwd=None, timeout=240, python_args=()):
+    # Never the repository root: "python -m" puts the working directory first on sys.path, and
+    # there the uncompiled source tree would shadow the installed cnnext.
+    if cwd is None:
+        cwd = tempfile.mkdtemp(prefix="cnnext-cli-")
     proc = subprocess.run([sys.executable, *python_args, "-m", "cnnext", *args], cwd=cwd, env=_ENV,
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr

@@ -364,8 +364,10 @@ def test_max_pool2d_with_huge_padding_returns():
     env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
                                          env.get("PYTHONPATH", "")])
     try:
+        # cwd: the directory holding the cnnext under test ("python -c" puts the working
+        # directory first on sys.path; a repository root would shadow an installed cnnext)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                             timeout=30)
+                             timeout=30, cwd=str(Path(cnnext.__file__).resolve().parent.parent))
     except subprocess.TimeoutExpired:
         pytest.fail("max_pool2d(kernel_size=2**40, padding=2**39) did not return within 30 s")
     assert out.returncode == 0, out.stderr

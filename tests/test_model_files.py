@@ -116,7 +116,10 @@ def test_process_killed_mid_save_leaves_the_previous_file_intact(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
                                          env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    # cwd: "python -c" puts the working directory first on sys.path; the repository root would
+    # shadow the installed cnnext with the uncompiled source tree
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr.decode()
     assert path.read_bytes() == before
     assert _same_state(cnnext.load(path), _model(0))
