@@ -23,21 +23,24 @@
 # do the optional-extra tests (dask, mpi4py, matplotlib). CNNEXT_SANITIZER=1 is exported for tests
 # that must know (RSS is meaningless under ASan's quarantine: the leak test checks tracemalloc only).
 #
-# Usage: tools/sanitize.sh [--variant asan|asan-debug|all] [--keep] [--workdir DIR] [-- PYTEST ARGS...]
+# Usage: tools/sanitize.sh [--variant asan|asan-debug|all] [--ref REV] [--keep] [--workdir DIR] [-- PYTEST ARGS...]
+#   --ref REV  test the committed tree of REV (e.g. HEAD) instead of the working tree as it is
 # Exit status: 0 when every variant built, the suite passed and no sanitizer report was written.
 set -euo pipefail
 
 variants="asan asan-debug"
 keep=0
 workdir=""
+ref=""
 pytest_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --variant) shift; [ "$1" = all ] && variants="asan asan-debug" || variants="$1" ;;
         --keep) keep=1 ;;
+        --ref) shift; ref="$1" ;;
         --workdir) shift; workdir="$1" ;;
         --) shift; pytest_args=("$@"); break ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "sanitize.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -74,6 +77,11 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== sanitize.sh: work directory $workdir"
+if [ -n "$ref" ]; then
+    echo "== testing $ref = $(git -C "$root" rev-parse --short "$ref")"
+else
+    echo "== testing the working tree (on $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+fi
 echo "== runtimes: $libasan $libubsan"
 
 # One venv for both variants: the build and test requirements, without torch.
@@ -97,7 +105,9 @@ fi
 copy_tree() {  # the working tree as git sees it (tracked + untracked, not ignored): no build outputs
     local dest=$1
     mkdir -p "$dest"
-    if git -C "$root" rev-parse --git-dir >/dev/null 2>&1; then
+    if [ -n "$ref" ]; then
+        git -C "$root" archive --format=tar "$ref" | tar -C "$dest" -xf -
+    elif git -C "$root" rev-parse --git-dir >/dev/null 2>&1; then
         (cd "$root" && git ls-files -z --cached --others --exclude-standard \
             | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
             | tar --null -T - -cf -) | tar -C "$dest" -xf -
