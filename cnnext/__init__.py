@@ -15,7 +15,14 @@ import os as _os
 # the BLAS threads that run next (a GEMM of 0.3 ms took 8 ms on 2 cores). Sleeping idle threads
 # cost a few microseconds per region instead. libgomp reads this when it is loaded, that is when
 # the first kernel module is imported below; a value the user set is kept.
+# If another library (PyTorch, say) loaded the same OpenMP runtime first, it is already running
+# with that library's policy; _config then notices it and makes the kernels serial by default.
+_user_wait_policy = _os.environ.get("OMP_WAIT_POLICY")
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from cnnext import _runtime  # noqa: E402
+
+_runtimes_before = _runtime.loaded_openmp_runtimes()
 
 from cnnext._version import __version__  # noqa: E402
 from cnnext._config import (  # noqa: E402
@@ -24,6 +31,9 @@ from cnnext._config import (  # noqa: E402
     set_num_threads,
     set_workspace_limit,
 )
+from cnnext import _config  # noqa: E402
+
+_config._note_openmp_runtime(_runtimes_before, _runtime.loaded_openmp_runtimes(), _user_wait_policy)
 from cnnext import functional  # noqa: E402
 from cnnext.activators import IdentityActivator, ReluActivator, SigmoidActivator, TanhActivator  # noqa: E402
 from cnnext.layers import (  # noqa: E402
@@ -98,6 +108,8 @@ def show_config(mode="stdout"):
     cfg = {
         "version": __version__,
         "openmp": bool(openmp_enabled()),
+        "openmp_shared_with": _config._state["shared_runtime"],
+        "serial_by_default": _config._state["serial_by_default"],
         "num_threads": get_num_threads(),
         "workspace_bytes": get_workspace_limit(),
         "numpy": np.__version__,
@@ -110,6 +122,11 @@ def show_config(mode="stdout"):
     print(f"cnnext {cfg['version']}")
     print(f"  OpenMP:      {'compiled in' if cfg['openmp'] else 'not compiled in (serial kernels)'}")
     print(f"  threads:     {cfg['num_threads']}")
+    if cfg["openmp_shared_with"]:
+        print(f"  note:        OpenMP runtime shared with a library loaded earlier: {cfg['openmp_shared_with'][0]}")
+    if cfg["serial_by_default"]:
+        print("               it spins when idle, so the kernels default to 1 thread; import cnnext first, or")
+        print("               set OMP_WAIT_POLICY=PASSIVE before starting Python, to use every core")
     print(f"  workspace:   {cfg['workspace_bytes'] // 2**20} MiB per convolution call")
     print(f"  numpy:       {cfg['numpy']} (BLAS: {cfg['blas']})")
     return None

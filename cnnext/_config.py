@@ -28,8 +28,29 @@ _state = {
     "conv_algorithm": "auto",
     "parallel_used": False,  # a kernel ran (or may have run) with more than one thread
     "forked_serial": False,  # this process was forked after that: kernels run serially
+    "shared_runtime": None,  # paths of an OpenMP runtime loaded before cnnext and shared with it
+    "serial_by_default": False,  # ... which spins, so the kernels default to one thread
 }
-_CONV_ALGORITHMS = ("auto", "gemm", "direct")
+_CONV_ALGORITHMS = ("auto", "gemm", "direct", "winograd")
+
+
+def _note_openmp_runtime(before, after, user_wait_policy):
+    """Called once by cnnext/__init__.py after the kernels' OpenMP runtime is loaded.
+
+    ``before``/``after``: the OpenMP runtimes mapped before and after loading the kernels. When the
+    kernels got no runtime of their own but share one another library loaded first (a source
+    build of cnnext imported after PyTorch, say), that runtime kept the wait policy it started
+    with: unless it is PASSIVE, its idle threads spin and starve numpy's BLAS threads, which made a
+    2-thread convolution 20x slower than a serial one. The kernels then default to one thread
+    (set_num_threads or OMP_NUM_THREADS still choose more). Wheels carry a private runtime, so
+    this does not happen with them.
+    """
+    shared = bool(before) and not (after - before)
+    spinning = (user_wait_policy or "").strip().upper() != "PASSIVE"
+    _state["shared_runtime"] = sorted(before) if shared else None
+    if shared and spinning and openmp_enabled() and not os.environ.get("OMP_NUM_THREADS"):
+        _state["num_threads"] = 1
+        _state["serial_by_default"] = True
 
 
 def _positive_int(value, name, func):
@@ -107,9 +128,11 @@ class force_conv_algorithm:
 
     Parameters
     ----------
-    name : {'auto', 'gemm', 'direct'}
+    name : {'auto', 'gemm', 'direct', 'winograd'}
         'gemm' is im2col + BLAS (1x1 convolutions skip the im2col), 'direct' the direct kernels,
-        'auto' lets cnnext choose per shape (the default).
+        'winograd' Winograd F(2x2, 3x3) for the shapes it serves (3x3, stride 1, dilation 1,
+        groups 1; grad_weight stays on GEMM) and GEMM for the others, 'auto' lets cnnext choose
+        per shape (the default).
     """
 
     def __init__(self, name):

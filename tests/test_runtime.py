@@ -1,0 +1,57 @@
+"""The OpenMP runtime check at import: a runtime shared with a library loaded earlier (and left
+spinning) makes the kernels default to one thread; a private or passive runtime changes nothing."""
+import pytest
+
+import cnnext
+from cnnext import _config, _runtime
+
+
+@pytest.fixture
+def saved_state():
+    keys = ("num_threads", "shared_runtime", "serial_by_default")
+    old = {k: _config._state[k] for k in keys}
+    yield
+    _config._state.update(old)
+
+
+def _note(monkeypatch, before, after, policy, omp_num_threads=None):
+    if omp_num_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_num_threads)
+    _config._state.update(num_threads=2, shared_runtime=None, serial_by_default=False)
+    _config._note_openmp_runtime(frozenset(before), frozenset(after), policy)
+    return cnnext.show_config(mode="dicts")
+
+
+@pytest.mark.skipif(not cnnext.show_config(mode="dicts")["openmp"], reason="built without OpenMP")
+def test_shared_spinning_runtime_makes_kernels_serial(saved_state, monkeypatch):
+    cfg = _note(monkeypatch, {"/x/torch/lib/libgomp.so.1"}, {"/x/torch/lib/libgomp.so.1"}, None)
+    assert cfg["num_threads"] == 1 and cfg["serial_by_default"]
+    assert cfg["openmp_shared_with"] == ["/x/torch/lib/libgomp.so.1"]
+    cnnext.set_num_threads(2)  # the user can still ask for more
+    assert cnnext.get_num_threads() == 2
+
+
+def test_private_or_passive_runtime_changes_nothing(saved_state, monkeypatch):
+    # our own runtime appeared: not shared
+    cfg = _note(monkeypatch, {"/a/libgomp.so.1"}, {"/a/libgomp.so.1", "/b/libgomp-abc.so.1"}, None)
+    assert cfg["num_threads"] == 2 and not cfg["serial_by_default"] and cfg["openmp_shared_with"] is None
+    # nothing loaded before
+    cfg = _note(monkeypatch, set(), {"/b/libgomp.so.1"}, None)
+    assert cfg["num_threads"] == 2 and not cfg["serial_by_default"]
+    # shared, but the user made it passive before starting
+    cfg = _note(monkeypatch, {"/a/libgomp.so.1"}, {"/a/libgomp.so.1"}, "passive")
+    assert cfg["num_threads"] == 2 and not cfg["serial_by_default"] and cfg["openmp_shared_with"]
+    # shared and spinning, but OMP_NUM_THREADS chosen explicitly
+    cfg = _note(monkeypatch, {"/a/libgomp.so.1"}, {"/a/libgomp.so.1"}, None, omp_num_threads="2")
+    assert cfg["num_threads"] == 2 and not cfg["serial_by_default"]
+
+
+def test_loaded_runtimes_lists_paths():
+    found = _runtime.loaded_openmp_runtimes()
+    assert all(p.startswith("/") for p in found)
+    if cnnext.show_config(mode="dicts")["openmp"] and open is not None:
+        import sys
+        if sys.platform.startswith("linux"):
+            assert found, "the kernels are built with OpenMP, so a runtime must be mapped"
