@@ -75,13 +75,16 @@ def log(msg):
 
 
 # --------------------------------------------------------------------------------------------------
-# Imports. PyTorch is loaded BEFORE cnnext (default; --import-order cnnext-first reverses it): both
+# Imports. cnnext is loaded BEFORE PyTorch (default; --import-order torch-first reverses it): both
 # link an OpenMP runtime, and a runtime reads its environment (OMP_NUM_THREADS, OMP_WAIT_POLICY,
-# GOMP_SPINCOUNT, ...) and sets up its thread pool when it is loaded. The order also decides which copy
-# is shared: PyTorch ships its own libgomp.so.1, and a cnnext built from source on Linux links
-# "libgomp.so.1" by name, so once torch is loaded cnnext binds to torch's copy (cnnext's wheels vendor a
-# renamed copy and keep their own). Loading torch first gives it the runtime it was built and tuned
-# with, and one fixed order keeps runs comparable. The header lists the OpenMP runtimes actually loaded.
+# GOMP_SPINCOUNT, ...) when it is loaded. cnnext sets OMP_WAIT_POLICY=PASSIVE (unless already set) before
+# loading its kernels, because spinning idle OpenMP threads starve numpy's BLAS threads. A cnnext built
+# from source on Linux links "libgomp.so.1" by name, so whichever library loads first provides the one
+# copy both use: loaded first, cnnext's passive policy applies to torch too (torch's times do not change
+# with it, measured on the dev machine); loaded second, cnnext shares torch's spinning runtime, defaults
+# to one thread (show_config says so), and this benchmark's forced 2-thread cnnext rows then fight the
+# BLAS threads (20x slower). cnnext's wheels vendor a renamed runtime and are not affected by the order.
+# The header lists the OpenMP runtimes actually loaded.
 # --------------------------------------------------------------------------------------------------
 def _import_torch(enabled):
     global torch
@@ -868,8 +871,8 @@ def parse_args(argv):
                     help=f"path of learn_dl's cnn.py (default: {DEFAULT_LEARN_DL} when it exists)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="comma-separated sections to run (default: all): " + ", ".join(SECTIONS))
-    ap.add_argument("--import-order", choices=["torch-first", "cnnext-first"], default="torch-first",
-                    help="load PyTorch before cnnext (default) or after: which OpenMP runtime a source "
+    ap.add_argument("--import-order", choices=["cnnext-first", "torch-first"], default="cnnext-first",
+                    help="load cnnext before PyTorch (default) or after: which OpenMP runtime a source "
                          "build of cnnext shares with torch depends on it (see the header)")
     ap.add_argument("--markdown", metavar="PATH", default=None, help="also write the tables to this file")
     args = ap.parse_args(argv)
@@ -900,7 +903,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    # torch before cnnext unless asked otherwise: see the comment above _import_torch
+    # cnnext before torch unless asked otherwise: see the comment above _import_torch
     if args.import_order == "cnnext-first":
         _import_cnnext()
         torch_note = _import_torch(not args.no_torch)
