@@ -165,3 +165,34 @@ def test_pool_validation_does_not_allocate_per_kernel_tap():
         check_pool2d("max_pool2d", (1, 1, 1, 1), 2, 1, 1, 2, False)
     with pytest.raises(ValueError, match=f"kernel_size must be at most {sys.maxsize}"):
         check_pool2d("max_pool2d", (1, 1, 6, 6), 2**63, None, 0, 1, False)
+
+
+@pytest.mark.parametrize("n", [2**31, 10**6])
+def test_absurd_thread_counts_are_refused_or_work(n, tmp_path):
+    """set_num_threads(n) either refuses n (ValueError/TypeError, naming it) or the kernels then
+    work: never an OverflowError at every later call, never a crash (a child process runs it, so a
+    crash fails this test instead of killing the suite)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    code = (
+        "import numpy as np, cnnext, cnnext.functional as F\n"
+        f"n = {n}\n"
+        "try:\n"
+        "    cnnext.set_num_threads(n)\n"
+        "except (ValueError, TypeError) as exc:\n"
+        "    assert str(exc).startswith('set_num_threads:') and 'n' in str(exc), exc\n"
+        "    print('refused')\n"
+        "else:\n"
+        "    y = F.max_pool2d(np.arange(32.0).reshape(2, 1, 4, 4), 2)\n"
+        "    assert y.ravel().tolist() == [5, 7, 13, 15, 21, 23, 29, 31], y\n"
+        "    print('works')\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
+                                         env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip() in ("refused", "works")
