@@ -24,6 +24,42 @@ from libc.math cimport INFINITY
 from libc.string cimport memset
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* Branch-free selects (take ? a : b). The C compiler turns a plain ternary on a float
+       comparison into a branch, which mispredicts on real data; blending bit patterns cannot. */
+    static inline float cnx_select_f(int take, float a, float b) {
+        union { float f; uint32_t u; } x, y;
+        uint32_t m = (uint32_t)0 - (uint32_t)take;
+        x.f = a; y.f = b;
+        x.u = (x.u & m) | (y.u & ~m);
+        return x.f;
+    }
+    static inline double cnx_select_d(int take, double a, double b) {
+        union { double f; uint64_t u; } x, y;
+        uint64_t m = (uint64_t)0 - (uint64_t)take;
+        x.f = a; y.f = b;
+        x.u = (x.u & m) | (y.u & ~m);
+        return x.f;
+    }
+    static inline Py_ssize_t cnx_select_i(int take, Py_ssize_t a, Py_ssize_t b) {
+        Py_ssize_t m = -(Py_ssize_t)take;
+        return (a & m) | (b & ~m);
+    }
+    """
+    float cnx_select_f(int take, float a, float b) noexcept nogil
+    double cnx_select_d(int take, double a, double b) noexcept nogil
+    Py_ssize_t cnx_select_i(int take, Py_ssize_t a, Py_ssize_t b) noexcept nogil
+
+
+cdef inline floating _select(int take, floating a, floating b) noexcept nogil:
+    if floating is float:
+        return cnx_select_f(take, a, b)
+    else:
+        return cnx_select_d(take, a, b)
+
+
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
@@ -32,67 +68,107 @@ cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a > b else b
 
 
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # ceil(a / b) for b > 0 and any sign of a
+    if a <= 0:
+        return -((-a) // b)
+    return (a + b - 1) // b
+
+
 cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    cdef Py_ssize_t oh, ow, hs, he, ws, we, ih, iw, best, pos
-    cdef floating v, m
+    # One output row at a time, tap by tap: for each tap (ki, kj) in scan order, every window of the
+    # row compares that tap with its running maximum. Each window still sees its taps in scan order
+    # (so ties and NaN follow PyTorch's rule), while the inner loop runs over independent windows,
+    # which pipelines well. The running maximum is updated with branch-free selects: on real data
+    # the comparison is unpredictable, and mispredicted branches cost more than the memory traffic.
+    cdef Py_ssize_t oh, ow, ki, kj, hs, ih, iw, ws, off, lo, hi, pos
+    cdef Py_ssize_t ki_lo, ki_hi, kj_lo, kj_hi
+    cdef floating v
+    cdef floating* yrow
+    cdef int64_t* irow
+    cdef const floating* src
+    cdef int take
     for oh in range(Ho):
+        yrow = y + oh * Wo
+        irow = idx + oh * Wo
         hs = oh * sh - ph
-        he = _min(hs + (kh - 1) * dh + 1, H)
-        if hs < 0:  # first tap inside the plane (arithmetic, not a walk: padding may be huge)
-            hs = hs + ((-hs + dh - 1) // dh) * dh
+        ih = hs
+        if ih < 0:  # first tap row inside the plane (arithmetic, not a walk: padding may be huge)
+            ih = ih + _ceil_div(-ih, dh) * dh
         for ow in range(Wo):
             ws = ow * sw - pw
-            we = _min(ws + (kw - 1) * dw + 1, W)
-            if ws < 0:
-                ws = ws + ((-ws + dw - 1) // dw) * dw
-            best = hs * W + ws
-            m = -INFINITY
-            ih = hs
-            while ih < he:
-                iw = ws
-                while iw < we:
-                    pos = ih * W + iw
-                    v = x[pos]
-                    if v > m or v != v:
-                        m = v
-                        best = pos
-                    iw = iw + dw
-                ih = ih + dh
-            y[oh * Wo + ow] = m
-            idx[oh * Wo + ow] = best
+            iw = ws
+            if iw < 0:
+                iw = iw + _ceil_div(-iw, dw) * dw
+            yrow[ow] = -INFINITY
+            irow[ow] = ih * W + iw
+        # only the taps that can land inside the plane (kernel and padding may be huge)
+        ki_lo = _ceil_div(-hs, dh)
+        if ki_lo < 0:
+            ki_lo = 0
+        ki_hi = _ceil_div(H - hs, dh)
+        if ki_hi > kh:
+            ki_hi = kh
+        kj_lo = _ceil_div(pw - (Wo - 1) * sw, dw)
+        if kj_lo < 0:
+            kj_lo = 0
+        kj_hi = _ceil_div(W + pw, dw)
+        if kj_hi > kw:
+            kj_hi = kw
+        for ki in range(ki_lo, ki_hi):
+            ih = hs + ki * dh
+            for kj in range(kj_lo, kj_hi):
+                off = kj * dw - pw
+                # windows ow in [lo, hi) have this tap inside the plane: 0 <= ow*sw + off < W
+                lo = _ceil_div(-off, sw)
+                if lo < 0:
+                    lo = 0
+                hi = _ceil_div(W - off, sw)
+                if hi > Wo:
+                    hi = Wo
+                src = x + ih * W + off
+                for ow in range(lo, hi):
+                    v = src[ow * sw]
+                    take = (v > yrow[ow]) | (v != v)
+                    yrow[ow] = _select(take, v, yrow[ow])
+                    irow[ow] = cnx_select_i(take, ih * W + ow * sw + off, irow[ow])
 
 
 cdef inline void _max_pool_plane_2x2(const floating* x, floating* y, int64_t* idx,
                                      Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
-    # 2x2 windows, stride 2, no padding, no dilation: every window lies inside the plane.
-    cdef Py_ssize_t oh, ow, pos, best
-    cdef floating v, m
+    # 2x2 windows, stride 2, no padding, no dilation: every window lies inside the plane. The four
+    # taps are compared in scan order (top-left, top-right, bottom-left, bottom-right) with the same
+    # rule as the general path, branch-free; the first tap always starts the maximum.
+    cdef Py_ssize_t oh, ow
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef floating a, b, c, d, m
+    cdef Py_ssize_t off
+    cdef int take
     for oh in range(Ho):
+        r0 = x + 2 * oh * W
+        r1 = r0 + W
         for ow in range(Wo):
-            pos = 2 * oh * W + 2 * ow
-            m = -INFINITY
-            best = pos
-            v = x[pos]
-            if v > m or v != v:
-                m = v
-                best = pos
-            v = x[pos + 1]
-            if v > m or v != v:
-                m = v
-                best = pos + 1
-            v = x[pos + W]
-            if v > m or v != v:
-                m = v
-                best = pos + W
-            v = x[pos + W + 1]
-            if v > m or v != v:
-                m = v
-                best = pos + W + 1
+            a = r0[2 * ow]
+            b = r0[2 * ow + 1]
+            c = r1[2 * ow]
+            d = r1[2 * ow + 1]
+            m = a
+            off = 0
+            take = (b > m) | (b != b)
+            m = _select(take, b, m)
+            off = cnx_select_i(take, 1, off)
+            take = (c > m) | (c != c)
+            m = _select(take, c, m)
+            off = cnx_select_i(take, W, off)
+            take = (d > m) | (d != d)
+            m = _select(take, d, m)
+            off = cnx_select_i(take, W + 1, off)
             y[oh * Wo + ow] = m
-            idx[oh * Wo + ow] = best
+            idx[oh * Wo + ow] = 2 * oh * W + 2 * ow + off
 
 
 cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
