@@ -8,7 +8,7 @@
 # element replaces the running maximum when it is greater or NaN (so NaN propagates), the stored
 # index is the flat position h*W + w inside the plane, and a window of -inf keeps its first valid
 # position. Forward stores the argmax so backward is a scatter-add (correct for overlapping windows).
-# 2x2 stride-2 windows without padding or dilation take an unrolled fast path with the same
+# 2x2 stride-2 and 3x3 windows without padding or dilation take unrolled fast paths with the same
 # comparisons in the same order.
 #
 # Average pooling follows PyTorch's divisor rule: with count_include_pad the divisor is the window
@@ -171,6 +171,45 @@ cdef inline void _max_pool_plane_2x2(const floating* x, floating* y, int64_t* id
             idx[oh * Wo + ow] = 2 * oh * W + 2 * ow + off
 
 
+cdef inline void _later(floating* m, Py_ssize_t* at, floating v, Py_ssize_t pos) noexcept nogil:
+    # Fold the later element (v, pos) into the earlier result (m, at) with the scan-order rule:
+    # the later one wins when it is greater or NaN. The rule is associative, so a window's taps
+    # can be folded as a tree (shorter dependency chains) with the same result as the scan.
+    cdef int take = (v > m[0]) | (v != v)
+    m[0] = _select(take, v, m[0])
+    at[0] = cnx_select_i(take, pos, at[0])
+
+
+cdef inline void _max_pool_plane_3x3(const floating* x, floating* y, int64_t* idx,
+                                     Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                                     Py_ssize_t sh, Py_ssize_t sw) noexcept nogil:
+    # 3x3 windows, any stride, no padding, no dilation, every window inside the plane: each row
+    # of the window is folded left to right, then the three rows top to bottom (see _later).
+    cdef Py_ssize_t oh, ow, base, a0, a1, a2
+    cdef const floating* p
+    cdef floating m0, m1, m2
+    for oh in range(Ho):
+        for ow in range(Wo):
+            base = oh * sh * W + ow * sw
+            p = x + base
+            m0 = p[0]
+            a0 = 0
+            _later(&m0, &a0, p[1], 1)
+            _later(&m0, &a0, p[2], 2)
+            m1 = p[W]
+            a1 = W
+            _later(&m1, &a1, p[W + 1], W + 1)
+            _later(&m1, &a1, p[W + 2], W + 2)
+            m2 = p[2 * W]
+            a2 = 2 * W
+            _later(&m2, &a2, p[2 * W + 1], 2 * W + 1)
+            _later(&m2, &a2, p[2 * W + 2], 2 * W + 2)
+            _later(&m0, &a0, m1, a1)
+            _later(&m0, &a0, m2, a2)
+            y[oh * Wo + ow] = m0
+            idx[oh * Wo + ow] = base + a0
+
+
 cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -216,15 +255,19 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     """Max pooling of the (H, W) planes of x (planes, H, W) into y and idx (planes, Ho, Wo)."""
     cdef Py_ssize_t planes = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], t
-    # the fast path needs every window inside the plane (ceil_mode can add a partial last window)
-    cdef bint fast = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
-                      and dh == 1 and dw == 1 and 2 * Ho <= H and 2 * Wo <= W)
+    # the fast paths need every window inside the plane (ceil_mode can add a partial last window)
+    cdef bint inside = (ph == 0 and pw == 0 and dh == 1 and dw == 1
+                        and (Ho - 1) * sh + kh <= H and (Wo - 1) * sw + kw <= W)
+    cdef bint fast = inside and kh == 2 and kw == 2 and sh == 2 and sw == 2
+    cdef bint fast3 = inside and kh == 3 and kw == 3
     if planes == 0 or Ho == 0 or Wo == 0:
         return
     with nogil:
         for t in prange(planes, schedule='static', num_threads=num_threads):
             if fast:
                 _max_pool_plane_2x2(&x[t, 0, 0], &y[t, 0, 0], &idx[t, 0, 0], W, Ho, Wo)
+            elif fast3:
+                _max_pool_plane_3x3(&x[t, 0, 0], &y[t, 0, 0], &idx[t, 0, 0], W, Ho, Wo, sh, sw)
             else:
                 max_pool_plane(&x[t, 0, 0], &y[t, 0, 0], &idx[t, 0, 0], H, W, Ho, Wo,
                                kh, kw, sh, sw, ph, pw, dh, dw)
