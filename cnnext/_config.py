@@ -10,6 +10,7 @@ import threading
 from cnnext._openmp_helpers import openmp_enabled, openmp_max_threads
 
 _DEFAULT_WORKSPACE_BYTES = 64 * 2**20
+_MAX_THREADS = 1024  # an OpenMP team larger than this is a mistake, not a machine
 _lock = threading.Lock()
 
 
@@ -68,12 +69,14 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int
-        Thread count, >= 1. Without OpenMP the kernels are serial and any value behaves as 1, and
+        Thread count, 1 to 1024. Without OpenMP the kernels are serial and any value behaves as 1, and
         so does a process forked (``multiprocessing``'s default on Linux) after its parent ran
         multi-threaded kernels, because the OpenMP runtime cannot start threads there. Use the
         ``spawn`` or ``forkserver`` start method for multi-threaded kernels in worker processes.
     """
     n = _positive_int(n, "n", "set_num_threads")
+    if n > _MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
     with _lock:
         _state["num_threads"] = n
 
