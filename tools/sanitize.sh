@@ -50,6 +50,9 @@ for v in $variants; do
 done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -n "$ref" ]; then  # pin the commit now: HEAD may move while this runs
+    ref=$(git -C "$root" rev-parse --verify "$ref^{commit}")
+fi
 PY=${PYTHON:-python3}
 CC=${CC:-gcc}
 export CC
@@ -78,7 +81,7 @@ trap cleanup EXIT
 
 echo "== sanitize.sh: work directory $workdir"
 if [ -n "$ref" ]; then
-    echo "== testing $ref = $(git -C "$root" rev-parse --short "$ref")"
+    echo "== testing commit $ref"
 else
     echo "== testing the working tree (on $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 fi
