@@ -8,6 +8,7 @@ Once these checks pass, the Cython kernels run without bounds checks.
 """
 import math
 import operator
+import reprlib
 import sys
 from dataclasses import dataclass
 
@@ -66,12 +67,18 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
     """
     if x is None:
         raise TypeError(f"{func}: {name} must be an array, got None")
+    orig = x
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{func}: {name} must be array_like of numbers ({exc})") from None
-    target = result_dtype(x, func, name)
+    try:
+        target = result_dtype(x, func, name)
+    except TypeError as exc:
+        if orig is not x:  # the caller passed a non-array: show what it was
+            raise TypeError(f"{exc} (from {reprlib.repr(orig)})") from None
+        raise
     if dtype is not None:
         target = np.dtype(dtype)
     if x.ndim not in ndims:
@@ -128,6 +135,12 @@ def pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
     else:
         out = span // stride + 1
     return out
+
+
+def check_bool(value, name, func):
+    """Raise TypeError unless ``value`` is a bool (Python or numpy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be a bool, got {_describe(value)}")
 
 
 def check_shape(arr, expected, name, func):
@@ -278,8 +291,7 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
         sh, sw = to_pair(stride, "stride", func, minimum=1)
     ph, pw = to_pair(padding, "padding", func, minimum=0)
     dh, dw = to_pair(dilation, "dilation", func, minimum=1)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"{func}: ceil_mode must be a bool, got {_describe(ceil_mode)}")
+    check_bool(ceil_mode, "ceil_mode", func)
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(
             f"{func}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"

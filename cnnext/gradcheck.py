@@ -3,6 +3,8 @@ import copy
 
 import numpy as np
 
+from cnnext._validation import as_float_array
+
 from cnnext.nn.module import Module
 
 __all__ = ["gradcheck", "GradcheckError"]
@@ -69,7 +71,7 @@ def gradcheck(module, x, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception
     if not eps > 0:
         raise ValueError(f"gradcheck: eps must be > 0, got {eps}")
     m = copy.deepcopy(module).to(np.float64)
-    x = np.array(x, dtype=np.float64, copy=True)
+    x = np.array(as_float_array(x, "input", "gradcheck", ndims=range(0, 33), dtype=np.float64), copy=True)
     gens = _rng_states(m)
 
     def f():

@@ -7,7 +7,13 @@ import numpy as np
 
 from cnnext import _pool
 from cnnext._config import get_num_threads
-from cnnext._validation import as_float_array, check_input_shape, check_pool2d, check_shape
+from cnnext._validation import (
+    as_float_array,
+    check_bool,
+    check_input_shape,
+    check_pool2d,
+    check_shape,
+)
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
 
@@ -43,6 +49,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         Flat position ``h * W + w`` of each maximum in its (H, W) plane.
     """
     func = "max_pool2d"
+    check_bool(return_indices, "return_indices", func)
     x, unbatched = _input(input, func)
     g = check_pool2d(func, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y = np.empty(g.output_shape, dtype=x.dtype)
@@ -79,7 +86,9 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     idx = np.asarray(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"{func}: indices must be an integer array, got dtype {idx.dtype}")
-    check_shape(idx, gy.shape, "indices", func)
+    if idx.shape != gy.shape:
+        raise ValueError(f"{func}: indices must have shape {gy.shape} (the shape of grad_output), "
+                         f"got {idx.shape}")
     if gy.shape[:-2] != tuple(input_shape)[:-2]:
         raise ValueError(
             f"{func}: grad_output of shape {gy.shape} does not match input_shape {tuple(input_shape)} "
@@ -120,6 +129,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     ndarray, shape (N, C, Ho, Wo) or (C, Ho, Wo)
     """
     func = "avg_pool2d"
+    check_bool(count_include_pad, "count_include_pad", func)
     x, unbatched = _input(input, func)
     g = check_pool2d(func, x.shape, kernel_size, stride, padding, 1, ceil_mode)
     y = np.empty(g.output_shape, dtype=x.dtype)
@@ -147,6 +157,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     ndarray of ``input_shape``
     """
     func = "avg_pool2d_backward"
+    check_bool(count_include_pad, "count_include_pad", func)
     shape, unbatched = check_input_shape(input_shape, func)
     gy = as_float_array(grad_output, "grad_output", func, ndims=(3,) if unbatched else (4,))
     g = check_pool2d(func, shape, kernel_size, stride, padding, 1, ceil_mode)
