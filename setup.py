@@ -24,7 +24,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers"]
+EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers", "_winograd"]
 
 
 def _flag(name, default):

@@ -7,7 +7,7 @@ import pytest
 
 import cnnext
 
-KERNELS = ["_im2col", "_pool", "_direct", "_openmp_helpers"]
+KERNELS = ["_im2col", "_pool", "_direct", "_openmp_helpers", "_winograd"]
 SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 

@@ -14,9 +14,9 @@ DTYPES = [np.float32, np.float64, np.int64]
 LAYOUTS = ["C", "F", "slice", "negative", "readonly"]
 
 
-@pytest.fixture(params=["gemm", "direct"])
+@pytest.fixture(params=["gemm", "direct", "winograd"])
 def algorithm(request):
-    """Run the test once with each conv2d algorithm forced (im2col + GEMM, and the direct kernels)."""
+    """Run the test once with each conv2d algorithm forced (im2col + GEMM, direct, Winograd)."""
     with force_conv_algorithm(request.param):
         yield request.param
 

@@ -7,7 +7,7 @@ batched matmul over the groups (no Python loop over groups).
 """
 import numpy as np
 
-from cnnext import _direct, _im2col
+from cnnext import _direct, _im2col, _winograd
 from cnnext._config import get_conv_algorithm, get_num_threads, get_workspace_limit
 from cnnext._validation import as_float_array, check_conv2d, check_shape
 
@@ -81,7 +81,8 @@ def _backward(func, grad_output, input, weight, stride, padding, dilation, group
 
 
 def _algorithm(g):
-    """'direct' or 'gemm' for this geometry (a forced choice wins; see force_conv_algorithm).
+    """'direct', 'gemm' or 'winograd' for this geometry (a forced choice wins; see
+    force_conv_algorithm; a forced 'winograd' falls back to 'gemm' where it does not apply).
 
     im2col + GEMM pays for writing and re-reading the column matrix; for depthwise and other
     grouped convolutions with a few filters per group, each group's GEMM is too thin to earn that
@@ -90,10 +91,15 @@ def _algorithm(g):
     faster as one GEMM over the batch.
     """
     forced = get_conv_algorithm()
+    if forced == "winograd":
+        return "winograd" if _winograd_eligible(g) else "gemm"
     if forced != "auto":
         return forced
     if g.pointwise:
         return "gemm"
+    if (_winograd_eligible(g) and min(g.C, g.K) >= _WINOGRAD_MIN_CHANNELS
+            and min(g.Ho, g.Wo) >= _WINOGRAD_MIN_SIZE):
+        return "winograd"
     return "direct" if g.groups > 1 and g.K // g.groups <= 4 else "gemm"
 
 
@@ -132,7 +138,11 @@ def _forward(x, weight, bias, g):
     w = weight.reshape(G, Kg, R)
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=dtype)
-    if _algorithm(g) == "direct":
+    algorithm = _algorithm(g)
+    if algorithm == "winograd":
+        _winograd_conv(x, weight, b, has_bias, y, g.pt, g.pl, nt)
+        return y
+    if algorithm == "direct":
         _direct.direct_forward(x, weight, y, b, has_bias, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                                G, nt)
         return y
@@ -166,7 +176,15 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     if g.N == 0 or K == 0:
         return gx, (gw.reshape(weight.shape) if need_weight else None)
     nt = get_num_threads()
-    if _algorithm(g) == "direct":
+    algorithm = _algorithm(g)
+    if algorithm == "winograd" and need_input:
+        # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
+        rotated = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        _winograd_conv(gy, rotated, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
+        if not need_weight:
+            return gx, None
+        need_input = False  # dW below on the GEMM path
+    if algorithm == "direct":
         geo = (g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, G, nt)
         if need_input:
             _direct.direct_grad_input(gy, weight, gx, *geo)
@@ -201,3 +219,47 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
             np.matmul(wt, d3, out=c.reshape(G, R, nc * P))
             _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
     return gx, (gw.reshape(weight.shape) if need_weight else None)
+
+
+# Winograd F(2x2, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
+# It does 2.25x fewer multiplies than im2col + GEMM, but as 16 GEMMs whose inner dimension is only
+# C, which BLAS runs at a lower rate, plus two transforms. 'auto' picks it when both channel counts
+# are >= _WINOGRAD_MIN_CHANNELS and the output is at least _WINOGRAD_MIN_SIZE on each side.
+# Measured on the 2-core dev machine (batch 32-64, pad 1, medians/minima of 9-11 runs; 1 thread,
+# since the shared machine was too loaded for stable 2-thread numbers): 1.5-2x faster than GEMM
+# forward and 1.2-1.4x forward+backward on cifar (32->64, 32x32) and deep (128->128, 16x16), in
+# float32 and float64; even at 32->32 and 64->64 on 8x8; slower (10-30%) at 16 channels (8x8 to
+# 32x32), 8 channels, and on 4x4 outputs.
+_WINOGRAD_MIN_CHANNELS = 32
+_WINOGRAD_MIN_SIZE = 8
+# Target size of one chunk's transformed input V plus GEMM output M.
+_WINOGRAD_CACHE_TARGET_BYTES = 4 * 2**20
+
+
+def _winograd_eligible(g):
+    return (g.kh == 3 and g.kw == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1
+            and g.groups == 1)
+
+
+def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
+    """y = conv2d(x, weight) (+ bias), 3x3 stride 1, top/left padding pt, pl (may be negative)."""
+    N, C = x.shape[:2]
+    K, Ho, Wo = y.shape[1:]
+    dtype = x.dtype
+    # U[4*i + j, k, c] = (G w[k, c] G^T)[i, j], computed in float64 then rounded once
+    G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    u = G @ weight.astype(np.float64) @ G.T
+    u = np.ascontiguousarray(u.reshape(K, C, 16).transpose(2, 0, 1), dtype=dtype)
+    tiles = ((Ho + 1) // 2) * ((Wo + 1) // 2)
+    per_sample = 16 * (C + K) * tiles * dtype.itemsize
+    budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
+    chunk = int(max(1, min(N, budget)))
+    vbuf = np.empty(16 * C * chunk * tiles, dtype=dtype)
+    mbuf = np.empty(16 * K * chunk * tiles, dtype=dtype)
+    for n0 in range(0, N, chunk):
+        T = min(chunk, N - n0) * tiles
+        v = vbuf[: 16 * C * T].reshape(16, C, T)
+        m = mbuf[: 16 * K * T].reshape(16, K, T)
+        _winograd.input_transform(x, v, n0, pt, pl, Ho, Wo, nt)
+        np.matmul(u, v, out=m)
+        _winograd.output_transform(m, y, n0, bias, has_bias, nt)

@@ -1,0 +1,36 @@
+# Type stubs for the compiled module cnnext/_winograd.pyx (checked by `python -m mypy.stubtest`).
+#
+# The kernels are Cython fused-type functions: each array argument may be float32 or float64, and all
+# floating arrays of one call must share that dtype (expressed by the TypeVar _F). Arrays must be
+# C-contiguous with the shapes given in each docstring; cnnext/functional validates and allocates them,
+# so these are internal helpers, not public API.
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+_F = TypeVar("_F", np.float32, np.float64)
+
+def input_transform(
+    x: NDArray[_F],
+    v: NDArray[_F],
+    n0: int,
+    pt: int,
+    pl: int,
+    Ho: int,
+    Wo: int,
+    num_threads: int = 1,
+) -> None:
+    """Write the transformed input tiles of samples x[n0:n0+nc] into v, shape (16, C, nc*tiles),
+    tiles = ceil(Ho/2) * ceil(Wo/2); pt, pl are the top/left zero padding."""
+
+def output_transform(
+    m: NDArray[_F],
+    y: NDArray[_F],
+    n0: int,
+    bias: NDArray[_F],
+    has_bias: bool,
+    num_threads: int = 1,
+) -> None:
+    """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products m, shape (16, K, nc*tiles),
+    adding bias[k] when has_bias."""

@@ -1,0 +1,178 @@
+"""Winograd F(2x2, 3x3) (cnnext/_winograd.pyx) forced on, against the naive float64 oracle.
+
+Winograd's transforms add and subtract input values before the multiplies, so in float32 its
+rounding error is a little larger than a direct sum's; it stays well inside the float32 tolerance of
+naive_oracle.assert_close (rtol 1e-4, atol 1e-5 relative to the output's largest magnitude).
+"""
+import zlib
+
+import numpy as np
+import pytest
+
+import cnnext
+import cnnext.functional as F
+from cnnext._config import force_conv_algorithm
+from cnnext.functional import conv
+import naive_oracle as oracle
+from naive_oracle import assert_close
+
+DTYPES = [np.float32, np.float64]
+dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
+
+
+def rng_for(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def make(N, C, H, W, K, dtype, key, bias=True):
+    rng = rng_for(N, C, H, W, K, np.dtype(dtype).name, key)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if bias else None
+    return x, w, b
+
+
+def gy_for(y, key):
+    return rng_for("gy", y.shape, y.dtype.name, key).standard_normal(y.shape).astype(y.dtype)
+
+
+def run(x, w, b, padding, algorithm="winograd"):
+    with force_conv_algorithm(algorithm):
+        y = F.conv2d(x, w, b, padding=padding)
+        gy = gy_for(y, padding)
+        grads = F.conv2d_backward(gy, x, w, padding=padding)
+    return y, gy, grads
+
+
+def check_against_oracle(x, w, b, padding):
+    y, gy, (gx, gw, gb) = run(x, w, b, padding)
+    assert y.dtype == x.dtype and gx.dtype == x.dtype
+    assert_close(y, oracle.conv2d(x, w, b, padding=padding))
+    for got, want in zip((gx, gw, gb), oracle.conv2d_backward(gy, x, w, padding=padding)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("padding", [0, 1, 2, 3, (1, 0), (0, 2)])
+@pytest.mark.parametrize("hw", [(4, 4), (5, 5), (6, 7), (7, 6), (3, 3), (3, 8), (9, 4)])
+def test_winograd_matches_oracle_odd_and_even_sizes(hw, padding, dtype):
+    """Odd output sizes end in partial tiles; padding 0-3 (3: grad_input's padding 2 - p is
+    negative) and asymmetric pairs."""
+    H, W = hw
+    x, w, b = make(2, 3, H, W, 4, dtype, (hw, padding))
+    check_against_oracle(x, w, b, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 5, 5, 1), (1, 5, 8, 8, 3), (3, 16, 8, 8, 16), (2, 7, 11, 10, 9)])
+def test_winograd_channels_batch_and_bias(shape, bias, dtype):
+    x, w, b = make(*shape, dtype, "cb", bias=bias)
+    check_against_oracle(x, w, b, 1)
+
+
+def test_winograd_same_padding_and_unbatched():
+    x, w, b = make(1, 3, 7, 6, 2, np.float64, "same")
+    with force_conv_algorithm("winograd"):
+        y = F.conv2d(x[0], w, b, padding="same")
+        gx, gw, gb = F.conv2d_backward(np.ones_like(y), x[0], w, padding="same")
+    assert_close(y, oracle.conv2d(x, w, b, padding=1)[0])
+    want = oracle.conv2d_backward(np.ones((1,) + y.shape), x, w, padding=1)
+    assert_close(gx, want[0][0])
+    assert_close(gw, want[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("limit", ["one_sample", "partial_last_chunk", "tiny_1000_bytes"])
+def test_winograd_chunked_batch(limit, dtype, restore_config, monkeypatch):
+    """The batch runs in chunks that fit the workspace limit; results do not depend on them."""
+    x, w, b = make(7, 3, 6, 5, 4, dtype, "chunk")
+    cnnext.set_workspace_limit(2**30)
+    y_full, _, g_full = run(x, w, b, 1)
+    tiles = 3 * 3
+    per_sample = 16 * (3 + 4) * tiles * x.dtype.itemsize
+    monkeypatch.setattr(conv, "_WINOGRAD_CACHE_TARGET_BYTES", 2**30)
+    cnnext.set_workspace_limit({"one_sample": per_sample, "partial_last_chunk": 3 * per_sample,
+                                "tiny_1000_bytes": 1000}[limit])
+    y, gy, g = run(x, w, b, 1)
+    np.testing.assert_array_equal(y, y_full)  # same arithmetic per element whatever the chunk
+    assert_close(y, oracle.conv2d(x, w, b, padding=1))
+    for got, full, want in zip(g, g_full, oracle.conv2d_backward(gy, x, w, padding=1)):
+        assert_close(got, full)
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("padding", [0, 1])
+def test_winograd_thread_counts_bitwise_identical(padding, dtype, restore_config):
+    x, w, b = make(5, 6, 9, 8, 7, dtype, "threads")
+    results = {}
+    for n in (1, 2, 3):
+        cnnext.set_num_threads(n)
+        y, gy, grads = run(x, w, b, padding)
+        results[n] = (y,) + grads
+    for n in (2, 3):
+        for a, c in zip(results[1], results[n]):
+            assert np.array_equal(a, c)
+    assert_close(results[2][0], oracle.conv2d(x, w, b, padding=padding))
+
+
+@pytest.mark.parametrize("layout", ["readonly", "slice", "F"])
+def test_winograd_readonly_and_noncontiguous_inputs(layout):
+    x, w, b = make(2, 3, 7, 8, 4, np.float32, "layout")
+    if layout == "readonly":
+        xs, ws = x.copy(), w.copy()
+        xs.setflags(write=False)
+        ws.setflags(write=False)
+    elif layout == "slice":
+        big = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        big[..., ::2] = x
+        xs, ws = big[..., ::2], np.asfortranarray(w)
+    else:
+        xs, ws = np.asfortranarray(x), w[:, :, ::-1, :][:, :, ::-1, :]
+    y, gy, grads = run(xs, ws, b, 1)
+    assert_close(y, oracle.conv2d(x, w, b, padding=1))
+    for got, want in zip(grads, oracle.conv2d_backward(gy, x, w, padding=1)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("case", ["stride2", "dilation2", "groups2", "kernel5", "kernel1x3"])
+def test_winograd_forced_on_other_shapes_falls_back_to_gemm(case):
+    x, w, b = make(2, 4, 9, 9, 4, np.float64, case)
+    params = {"stride2": dict(stride=2, padding=1), "dilation2": dict(dilation=2, padding=2),
+              "groups2": dict(groups=2, padding=1), "kernel5": dict(padding=2),
+              "kernel1x3": dict(padding=(0, 1))}[case]
+    if case == "groups2":
+        w = w[:, :2]
+    elif case == "kernel5":
+        w = rng_for(case).standard_normal((4, 4, 5, 5))
+    elif case == "kernel1x3":
+        w = w[:, :, :1, :]
+    with force_conv_algorithm("winograd"):
+        y = F.conv2d(x, w, b, **params)
+        gy = gy_for(y, case)
+        grads = F.conv2d_backward(gy, x, w, **params)
+    assert_close(y, oracle.conv2d(x, w, b, **params))
+    for got, want in zip(grads, oracle.conv2d_backward(gy, x, w, **params)):
+        assert_close(got, want)
+
+
+def test_auto_picks_winograd_for_wide_3x3_and_gemm_for_tiny_channels():
+    from cnnext._validation import check_conv2d
+
+    def algorithm(C, K, size=None, stride=1):
+        size = conv._WINOGRAD_MIN_SIZE if size is None else size
+        x = np.zeros((2, C, size, size), np.float32)
+        w = np.zeros((K, C, 3, 3), np.float32)
+        return conv._algorithm(check_conv2d("t", x, w, None, stride, 1, 1, 1)[3])
+
+    m = conv._WINOGRAD_MIN_CHANNELS
+    assert algorithm(m, m) == "winograd"
+    assert algorithm(m - 1, 64) == "gemm"
+    assert algorithm(64, m - 1) == "gemm"
+    assert algorithm(64, 64, size=conv._WINOGRAD_MIN_SIZE - 1) == "gemm"
+    assert algorithm(64, 64, stride=2) == "gemm"
+    with force_conv_algorithm("gemm"):
+        assert algorithm(64, 64) == "gemm"
+    with force_conv_algorithm("winograd"):
+        assert algorithm(1, 1) == "winograd"
