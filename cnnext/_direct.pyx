@@ -18,34 +18,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.string cimport memset
 
+from cnnext._indexing cimport end_valid, first_valid
 from cnnext._openmp_helpers cimport omp_get_thread_num
-
-
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    if a <= 0:
-        return -((-a) // b)
-    return (a + b - 1) // b
-
-
-cdef inline Py_ssize_t _first_valid(Py_ssize_t off, Py_ssize_t s, Py_ssize_t n_out) noexcept nogil:
-    # First output position o with input position o*s + off >= 0 (clipped to [0, n_out]).
-    cdef Py_ssize_t a = _ceil_div(-off, s)
-    if a < 0:
-        return 0
-    return a if a < n_out else n_out
-
-
-cdef inline Py_ssize_t _end_valid(Py_ssize_t off, Py_ssize_t size, Py_ssize_t s,
-                                  Py_ssize_t n_out, Py_ssize_t lo) noexcept nogil:
-    # One past the last output position o >= lo with input position o*s + off < size.
-    cdef Py_ssize_t b = _ceil_div(size - off, s)
-    if b > n_out:
-        b = n_out
-    return b if b > lo else lo
-
-
-# Note: inside prange bodies, lo and hi are *assigned* (not filled through a pointer) so that
-# Cython makes them thread-private.
 
 
 def direct_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
@@ -76,8 +50,8 @@ def direct_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     for kj in range(kw):
                         wv = w[k, cg, ki, kj]
                         off = kj * dw - pl
-                        lo = _first_valid(off, sw, Wo)
-                        hi = _end_valid(off, W, sw, Wo, lo)
+                        lo = first_valid(off, sw, Wo)
+                        hi = end_valid(off, W, sw, Wo, lo)
                         for oh in range(Ho):
                             ih = oh * sh - pt + ki * dh
                             if ih < 0 or ih >= H:
@@ -116,8 +90,8 @@ def direct_grad_input(const floating[:, :, :, ::1] gy, const floating[:, :, :, :
                     for kj in range(kw):
                         wv = w[k, cg, ki, kj]
                         off = kj * dw - pl
-                        lo = _first_valid(off, sw, Wo)
-                        hi = _end_valid(off, W, sw, Wo, lo)
+                        lo = first_valid(off, sw, Wo)
+                        hi = end_valid(off, W, sw, Wo, lo)
                         for oh in range(Ho):
                             ih = oh * sh - pt + ki * dh
                             if ih < 0 or ih >= H:
@@ -159,8 +133,8 @@ def direct_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, 
             for ki in range(kh):
                 for kj in range(kw):
                     off = kj * dw - pl
-                    lo = _first_valid(off, sw, Wo)
-                    hi = _end_valid(off, W, sw, Wo, lo)
+                    lo = first_valid(off, sw, Wo)
+                    hi = end_valid(off, W, sw, Wo, lo)
                     memset(acc, 0, (Wo + 1) * sizeof(floating))
                     for n in range(N):
                         for oh in range(Ho):

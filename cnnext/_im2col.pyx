@@ -19,29 +19,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0 and any sign of a
-    if a <= 0:
-        return -((-a) // b)
-    return (a + b - 1) // b
-
-
-cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t size, Py_ssize_t s, Py_ssize_t n_out,
-                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    # Output positions o in [lo, hi) have input position o*s + off inside [0, size).
-    cdef Py_ssize_t a = _ceil_div(-off, s)
-    cdef Py_ssize_t b = _ceil_div(size - off, s)
-    if a < 0:
-        a = 0
-    if a > n_out:
-        a = n_out
-    if b > n_out:
-        b = n_out
-    if b < a:
-        b = a
-    lo[0] = a
-    hi[0] = b
+from cnnext._indexing cimport end_valid, first_valid
 
 
 cdef void im2col_row(const floating* x, floating* out, Py_ssize_t nc, Py_ssize_t C,
@@ -54,7 +32,8 @@ cdef void im2col_row(const floating* x, floating* out, Py_ssize_t nc, Py_ssize_t
     cdef const floating* plane
     cdef const floating* src
     cdef floating* dst
-    _valid_range(off, W, sw, Wo, &lo, &hi)
+    lo = first_valid(off, sw, Wo)
+    hi = end_valid(off, W, sw, Wo, lo)
     for n in range(nc):
         plane = x + (n * C + c) * H * W
         for oh in range(Ho):
@@ -87,7 +66,8 @@ cdef void col2im_plane(const floating* cols, floating* dx, Py_ssize_t ncols, Py_
     for ki in range(kh):
         for kj in range(kw):
             off = kj * dw - pl
-            _valid_range(off, W, sw, Wo, &lo, &hi)
+            lo = first_valid(off, sw, Wo)
+            hi = end_valid(off, W, sw, Wo, lo)
             src = cols + ((c * kh + ki) * kw + kj) * ncols + n * Ho * Wo
             for oh in range(Ho):
                 ih = oh * sh - pt + ki * dh

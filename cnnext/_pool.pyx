@@ -23,6 +23,8 @@ from libc.stdint cimport int64_t
 from libc.math cimport INFINITY
 from libc.string cimport memset
 
+from cnnext._indexing cimport ceil_div, end_valid, first_valid
+
 
 cdef extern from *:
     """
@@ -68,13 +70,6 @@ cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a > b else b
 
 
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0 and any sign of a
-    if a <= 0:
-        return -((-a) // b)
-    return (a + b - 1) // b
-
-
 cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -97,25 +92,25 @@ cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
         hs = oh * sh - ph
         ih = hs
         if ih < 0:  # first tap row inside the plane (arithmetic, not a walk: padding may be huge)
-            ih = ih + _ceil_div(-ih, dh) * dh
+            ih = ih + ceil_div(-ih, dh) * dh
         for ow in range(Wo):
             ws = ow * sw - pw
             iw = ws
             if iw < 0:
-                iw = iw + _ceil_div(-iw, dw) * dw
+                iw = iw + ceil_div(-iw, dw) * dw
             yrow[ow] = -INFINITY
             irow[ow] = ih * W + iw
         # only the taps that can land inside the plane (kernel and padding may be huge)
-        ki_lo = _ceil_div(-hs, dh)
+        ki_lo = ceil_div(-hs, dh)
         if ki_lo < 0:
             ki_lo = 0
-        ki_hi = _ceil_div(H - hs, dh)
+        ki_hi = ceil_div(H - hs, dh)
         if ki_hi > kh:
             ki_hi = kh
-        kj_lo = _ceil_div(pw - (Wo - 1) * sw, dw)
+        kj_lo = ceil_div(pw - (Wo - 1) * sw, dw)
         if kj_lo < 0:
             kj_lo = 0
-        kj_hi = _ceil_div(W + pw, dw)
+        kj_hi = ceil_div(W + pw, dw)
         if kj_hi > kw:
             kj_hi = kw
         for ki in range(ki_lo, ki_hi):
@@ -123,12 +118,8 @@ cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
             for kj in range(kj_lo, kj_hi):
                 off = kj * dw - pw
                 # windows ow in [lo, hi) have this tap inside the plane: 0 <= ow*sw + off < W
-                lo = _ceil_div(-off, sw)
-                if lo < 0:
-                    lo = 0
-                hi = _ceil_div(W - off, sw)
-                if hi > Wo:
-                    hi = Wo
+                lo = first_valid(off, sw, Wo)
+                hi = end_valid(off, W, sw, Wo, lo)
                 src = x + ih * W + off
                 for ow in range(lo, hi):
                     v = src[ow * sw]
