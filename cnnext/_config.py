@@ -133,8 +133,8 @@ class force_conv_algorithm:
     ----------
     name : {'auto', 'gemm', 'direct', 'winograd'}
         'gemm' is im2col + BLAS (1x1 convolutions skip the im2col), 'direct' the direct kernels,
-        'winograd' Winograd F(2x2, 3x3) for the shapes it serves (3x3, stride 1, dilation 1,
-        groups 1; grad_weight stays on GEMM) and GEMM for the others, 'auto' lets cnnext choose
+        'winograd' Winograd F(4x4, 3x3) for the shapes it serves (3x3, stride 1, dilation 1,
+        groups 1; forward, grad_input and grad_weight) and GEMM for the others, 'auto' lets cnnext choose
         per shape (the default).
     """
 

@@ -21,8 +21,8 @@ def input_transform(
     Wo: int,
     num_threads: int = 1,
 ) -> None:
-    """Write the transformed input tiles of samples x[n0:n0+nc] into v, shape (16, C, nc*tiles),
-    tiles = ceil(Ho/2) * ceil(Wo/2); pt, pl are the top/left zero padding."""
+    """Write the transformed input tiles of samples x[n0:n0+nc] into v, shape (36, C, nc*tiles),
+    tiles = ceil(Ho/4) * ceil(Wo/4); pt, pl are the top/left zero padding."""
 
 def output_transform(
     m: NDArray[_F],
@@ -32,5 +32,14 @@ def output_transform(
     has_bias: bool,
     num_threads: int = 1,
 ) -> None:
-    """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products m, shape (16, K, nc*tiles),
+    """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products m, shape (36, K, nc*tiles),
     adding bias[k] when has_bias."""
+
+def output_grad_transform(
+    gy: NDArray[_F],
+    dm: NDArray[_F],
+    n0: int,
+    num_threads: int = 1,
+) -> None:
+    """Write the transformed grad_output tiles of samples gy[n0:n0+nc] (N, K, Ho, Wo) into dm,
+    shape (36, K, nc*tiles)."""

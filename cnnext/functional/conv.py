@@ -178,13 +178,14 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
         return gx, (gw.reshape(weight.shape) if need_weight else None)
     nt = get_num_threads()
     algorithm = _algorithm(g)
-    if algorithm == "winograd" and need_input:
-        # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
-        rotated = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        _winograd_conv(gy, rotated, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
-        if not need_weight:
-            return gx, None
-        need_input = False  # dW below on the GEMM path
+    if algorithm == "winograd":
+        if need_input:
+            # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
+            rotated = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            _winograd_conv(gy, rotated, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
+        if need_weight:
+            gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
+        return gx, gw
     if algorithm == "direct":
         geo = (g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, G, nt)
         if need_input:
@@ -222,19 +223,19 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     return gx, (gw.reshape(weight.shape) if need_weight else None)
 
 
-# Winograd F(2x2, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
-# It does 2.25x fewer multiplies than im2col + GEMM, but as 16 GEMMs whose inner dimension is only
-# C, which BLAS runs at a lower rate, plus two transforms. 'auto' picks it when both channel counts
-# are >= _WINOGRAD_MIN_CHANNELS and the output is at least _WINOGRAD_MIN_SIZE on each side.
-# Measured on the 2-core dev machine (batch 32-64, pad 1, medians/minima of 9-11 runs; 1 thread,
-# since the shared machine was too loaded for stable 2-thread numbers): 1.5-2x faster than GEMM
-# forward and 1.2-1.4x forward+backward on cifar (32->64, 32x32) and deep (128->128, 16x16), in
-# float32 and float64; even at 32->32 and 64->64 on 8x8; slower (10-30%) at 16 channels (8x8 to
-# 32x32), 8 channels, and on 4x4 outputs.
+# Winograd F(4x4, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
+# It does 4x fewer multiplies than im2col + GEMM, as 36 GEMMs whose inner dimension is only C (K
+# for grad_input), which BLAS runs at a lower rate, plus the transforms. All three passes use it:
+# forward, grad_input (a convolution of grad_output with the rotated weights) and grad_weight (36
+# GEMMs dM @ V^T whose inner dimension is the number of tiles). 'auto' picks it when both channel
+# counts are >= _WINOGRAD_MIN_CHANNELS and the output is at least _WINOGRAD_MIN_SIZE on each side.
 _WINOGRAD_MIN_CHANNELS = 32
 _WINOGRAD_MIN_SIZE = 8
 # Target size of one chunk's transformed input V plus GEMM output M.
 _WINOGRAD_CACHE_TARGET_BYTES = 4 * 2**20
+# G of F(4x4, 3x3): U = G g G^T transforms a 3x3 filter, grad_weight = G^T dU G.
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
 
 def _winograd_eligible(g):
@@ -242,25 +243,55 @@ def _winograd_eligible(g):
             and g.groups == 1)
 
 
+def _winograd_chunks(N, C, K, Ho, Wo, dtype):
+    """Yield (n0, T): the first sample and tile count of each chunk of the batch."""
+    tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
+    per_sample = 36 * (C + K) * tiles * dtype.itemsize
+    budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
+    chunk = int(max(1, min(N, budget)))
+    for n0 in range(0, N, chunk):
+        yield n0, min(chunk, N - n0) * tiles
+
+
 def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
     """y = conv2d(x, weight) (+ bias), 3x3 stride 1, top/left padding pt, pl (may be negative)."""
     N, C = x.shape[:2]
     K, Ho, Wo = y.shape[1:]
     dtype = x.dtype
-    # U[4*i + j, k, c] = (G w[k, c] G^T)[i, j], computed in float64 then rounded once
-    G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-    u = G @ weight.astype(np.float64) @ G.T
-    u = np.ascontiguousarray(u.reshape(K, C, 16).transpose(2, 0, 1), dtype=dtype)
-    tiles = ((Ho + 1) // 2) * ((Wo + 1) // 2)
-    per_sample = 16 * (C + K) * tiles * dtype.itemsize
-    budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
-    chunk = int(max(1, min(N, budget)))
-    vbuf = np.empty(16 * C * chunk * tiles, dtype=dtype)
-    mbuf = np.empty(16 * K * chunk * tiles, dtype=dtype)
-    for n0 in range(0, N, chunk):
-        T = min(chunk, N - n0) * tiles
-        v = vbuf[: 16 * C * T].reshape(16, C, T)
-        m = mbuf[: 16 * K * T].reshape(16, K, T)
+    # U[6*i + j, k, c] = (G w[k, c] G^T)[i, j], computed in float64 then rounded once
+    u = _WINOGRAD_G @ weight.astype(np.float64) @ _WINOGRAD_G.T
+    u = np.ascontiguousarray(u.reshape(K, C, 36).transpose(2, 0, 1), dtype=dtype)
+    vbuf = mbuf = None
+    for n0, T in _winograd_chunks(N, C, K, Ho, Wo, dtype):
+        if vbuf is None:
+            vbuf = np.empty(36 * C * T, dtype=dtype)
+            mbuf = np.empty(36 * K * T, dtype=dtype)
+        v = vbuf[: 36 * C * T].reshape(36, C, T)
+        m = mbuf[: 36 * K * T].reshape(36, K, T)
         _winograd.input_transform(x, v, n0, pt, pl, Ho, Wo, nt)
         np.matmul(u, v, out=m)
         _winograd.output_transform(m, y, n0, bias, has_bias, nt)
+
+
+def _winograd_grad_weight(x, gy, pt, pl, nt):
+    """grad_weight (K, C, 3, 3) of y = conv2d(x, weight), 3x3 stride 1, top/left padding pt, pl:
+    dU[e] = sum over tiles of dM[e] @ V[e]^T (V: x's input transform, dM: gy's adjoint output
+    transform), then grad_weight = G^T dU G."""
+    N, C = x.shape[:2]
+    K, Ho, Wo = gy.shape[1:]
+    dtype = x.dtype
+    du = np.zeros((36, K, C), dtype=dtype)
+    tmp = np.empty_like(du)
+    vbuf = mbuf = None
+    for n0, T in _winograd_chunks(N, C, K, Ho, Wo, dtype):
+        if vbuf is None:
+            vbuf = np.empty(36 * C * T, dtype=dtype)
+            mbuf = np.empty(36 * K * T, dtype=dtype)
+        v = vbuf[: 36 * C * T].reshape(36, C, T)
+        dm = mbuf[: 36 * K * T].reshape(36, K, T)
+        _winograd.input_transform(x, v, n0, pt, pl, Ho, Wo, nt)
+        _winograd.output_grad_transform(gy, dm, n0, nt)
+        np.matmul(dm, v.transpose(0, 2, 1), out=tmp)
+        du += tmp
+    du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
+    return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)
