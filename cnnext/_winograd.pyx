@@ -79,24 +79,25 @@ cdef inline void bt6(const floating* z0, const floating* z1, const floating* z2,
     """out[i*step + t] = (B^T z)[i] for t < n, i < 6, z = (z0[t], ..., z5[t])."""
     cdef Py_ssize_t t
     cdef floating* o
+    cdef floating two = 2, four = 4, five = 5, eight = 8  # typed: a bare 4 becomes a C double
     o = out
     for t in range(n):
-        o[t] = 4 * z0[t] - 5 * z2[t] + z4[t]
+        o[t] = four * z0[t] - five * z2[t] + z4[t]
     o = out + step
     for t in range(n):
-        o[t] = (z4[t] - 4 * z2[t]) + (z3[t] - 4 * z1[t])
+        o[t] = (z4[t] - four * z2[t]) + (z3[t] - four * z1[t])
     o = out + 2 * step
     for t in range(n):
-        o[t] = (z4[t] - 4 * z2[t]) - (z3[t] - 4 * z1[t])
+        o[t] = (z4[t] - four * z2[t]) - (z3[t] - four * z1[t])
     o = out + 3 * step
     for t in range(n):
-        o[t] = (z4[t] - z2[t]) + 2 * (z3[t] - z1[t])
+        o[t] = (z4[t] - z2[t]) + two * (z3[t] - z1[t])
     o = out + 4 * step
     for t in range(n):
-        o[t] = (z4[t] - z2[t]) - 2 * (z3[t] - z1[t])
+        o[t] = (z4[t] - z2[t]) - two * (z3[t] - z1[t])
     o = out + 5 * step
     for t in range(n):
-        o[t] = 4 * z1[t] - 5 * z3[t] + z5[t]
+        o[t] = four * z1[t] - five * z3[t] + z5[t]
 
 
 cdef inline void at4(const floating* z0, const floating* z1, const floating* z2,
@@ -105,18 +106,19 @@ cdef inline void at4(const floating* z0, const floating* z1, const floating* z2,
     """out[r*step + t] = (A^T z)[r] for t < n, r < 4, z = (z0[t], ..., z5[t])."""
     cdef Py_ssize_t t
     cdef floating* o
+    cdef floating two = 2, four = 4, five = 5, eight = 8  # typed: a bare 4 becomes a C double
     o = out
     for t in range(n):
         o[t] = z0[t] + (z1[t] + z2[t]) + (z3[t] + z4[t])
     o = out + step
     for t in range(n):
-        o[t] = (z1[t] - z2[t]) + 2 * (z3[t] - z4[t])
+        o[t] = (z1[t] - z2[t]) + two * (z3[t] - z4[t])
     o = out + 2 * step
     for t in range(n):
-        o[t] = (z1[t] + z2[t]) + 4 * (z3[t] + z4[t])
+        o[t] = (z1[t] + z2[t]) + four * (z3[t] + z4[t])
     o = out + 3 * step
     for t in range(n):
-        o[t] = (z1[t] - z2[t]) + 8 * (z3[t] - z4[t]) + z5[t]
+        o[t] = (z1[t] - z2[t]) + eight * (z3[t] - z4[t]) + z5[t]
 
 
 cdef inline void a6(const floating* z0, const floating* z1, const floating* z2,
@@ -125,6 +127,7 @@ cdef inline void a6(const floating* z0, const floating* z1, const floating* z2,
     """out[i*step + t] = (A z)[i] for t < n, i < 6, z = (z0[t], ..., z3[t])."""
     cdef Py_ssize_t t
     cdef floating* o
+    cdef floating two = 2, four = 4, five = 5, eight = 8  # typed: a bare 4 becomes a C double
     o = out
     for t in range(n):
         o[t] = z0[t]
@@ -136,112 +139,134 @@ cdef inline void a6(const floating* z0, const floating* z1, const floating* z2,
         o[t] = (z0[t] + z2[t]) - (z1[t] + z3[t])
     o = out + 3 * step
     for t in range(n):
-        o[t] = (z0[t] + 4 * z2[t]) + (2 * z1[t] + 8 * z3[t])
+        o[t] = (z0[t] + four * z2[t]) + (two * z1[t] + eight * z3[t])
     o = out + 4 * step
     for t in range(n):
-        o[t] = (z0[t] + 4 * z2[t]) - (2 * z1[t] + 8 * z3[t])
+        o[t] = (z0[t] + four * z2[t]) - (two * z1[t] + eight * z3[t])
     o = out + 5 * step
     for t in range(n):
         o[t] = z3[t]
 
 
-cdef inline void deinterleave4(const floating* src, floating* p, Py_ssize_t n) noexcept nogil:
-    """p[k*n + b] = src[4*b + k] for b < n, k < 4: the four phases of a row, each contiguous."""
-    cdef Py_ssize_t b, k
+cdef inline void deinterleave(const floating* src, floating* p, Py_ssize_t n,
+                              Py_ssize_t phases) noexcept nogil:
+    """p[k*n + u] = src[4*u + k] for u < n, k < phases (<= 4): the column phases of rows 4 wide
+    per tile, each contiguous."""
+    cdef Py_ssize_t u, k
     cdef floating* q
-    for k in range(4):
+    for k in range(phases):
         q = p + k * n
-        for b in range(n):
-            q[b] = src[4 * b + k]
+        for u in range(n):
+            q[u] = src[4 * u + k]
 
+
+# Layout of the row passes. A tile row a reads (padded) rows 4a .. 4a+5 (input transform) or
+# 4a .. 4a+3 (grad_output transform), so rows are stored by residue: row 4a + q in slot
+# q * rows_per_residue + a. Then the k-th row of every tile row of the plane is one contiguous
+# run, and the column pass is one long loop per output instead of one short loop per tile row.
 
 cdef void input_transform_plane(const floating* plane, floating* v, Py_ssize_t stride,
                                 Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
                                 Py_ssize_t th, Py_ssize_t tw, floating* buf) noexcept nogil:
     """Transform every 6x6 patch of one (H, W) plane: V value e of tile t goes to
-    v[e * stride + t], t = tile_row * tw + tile_col. buf: scratch of 36*th*tw + 8*(tw + 1).
+    v[e * stride + t], t = tile_row * tw + tile_col. buf: scratch of input_scratch(th, tw).
 
-    Rows first: each of the 6 input rows under a tile row is copied, zero-padded, deinterleaved
-    into its 4 phases (columns 4b + k) and transformed into 6 runs of tw values, R[j, k, t]. Then
-    columns, over the whole plane at once: V[6*i + j, t] = (B^T R[j, :, t])[i], one run of th*tw
-    values per output."""
-    cdef Py_ssize_t per = th * tw, L = tw + 1
-    cdef Py_ssize_t a, j, k
-    cdef floating* R = buf
-    cdef floating* lin = buf + 36 * per
-    cdef floating* P = lin + 4 * L
+    The S = 4 * (th + 1) padded rows 4a + q (q < 4, a <= th) are copied, zero-padded, into slot
+    q * (th + 1) + a of `lin` (4*tw values) and deinterleaved into six phase arrays
+    X_k[slot * tw + b] = row[4b + k], k < 6 (the last tile column's X_4, X_5 are the row's two
+    extra values). B^T along the rows gives RT_j = (B^T X)_j, then B^T down the columns of each
+    tile row (rows 4a + k: slots k * (th + 1) + a, and (a + 1), (th + 1) + (a + 1) for k = 4, 5)
+    gives V[6*i + j] for the whole plane, one run of th*tw values per output."""
+    cdef Py_ssize_t S = 4 * (th + 1), Wt = 4 * tw
+    cdef Py_ssize_t n = S * tw, per = th * tw, T1 = (th + 1) * tw
+    cdef Py_ssize_t r, slot, j
+    cdef floating* X = buf
+    cdef floating* RT = X + 6 * n
+    cdef floating* lin = RT  # the rows are no longer needed once deinterleaved
+    cdef floating* row = RT + 6 * n
+    cdef floating* E = row + Wt + 2
     cdef floating* z
-    for a in range(th):
-        for k in range(6):
-            copy_rows(plane, lin, 1, 4 * a - pt + k, H, W, -pl, 4 * L)
-            deinterleave4(lin, P, L)
-            bt6(P, P + L, P + 2 * L, P + 3 * L, P + 1, P + L + 1, R + k * per + a * tw,
-                6 * per, tw)
+    for r in range(S):
+        slot = (r % 4) * (th + 1) + r // 4
+        copy_rows(plane, row, 1, r - pt, H, W, -pl, Wt + 2)
+        memcpy(lin + slot * Wt, row, Wt * sizeof(floating))
+        E[2 * slot] = row[Wt]
+        E[2 * slot + 1] = row[Wt + 1]
+    deinterleave(lin, X, n, 4)
+    for r in range(n - 1):
+        X[4 * n + r] = lin[4 * r + 4]
+    for r in range(n - 1):
+        X[5 * n + r] = lin[4 * r + 5]
+    for slot in range(S):
+        X[4 * n + slot * tw + tw - 1] = E[2 * slot]
+        X[5 * n + slot * tw + tw - 1] = E[2 * slot + 1]
+    bt6(X, X + n, X + 2 * n, X + 3 * n, X + 4 * n, X + 5 * n, RT, n, n)
     for j in range(6):
-        z = R + 6 * j * per
-        bt6(z, z + per, z + 2 * per, z + 3 * per, z + 4 * per, z + 5 * per, v + j * stride,
+        z = RT + j * n
+        bt6(z, z + T1, z + 2 * T1, z + 3 * T1, z + tw, z + T1 + tw, v + j * stride,
             6 * stride, per)
+
+
+cdef inline Py_ssize_t input_scratch(Py_ssize_t th, Py_ssize_t tw) noexcept nogil:
+    return 12 * 4 * (th + 1) * tw + 4 * tw + 2 + 2 * 4 * (th + 1)
 
 
 cdef void output_transform_plane(const floating* m, floating* y, Py_ssize_t stride,
                                  Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th, Py_ssize_t tw,
                                  floating bias, bint has_bias, floating* buf) noexcept nogil:
     """Write the (Ho, Wo) output plane y from its tiles' products m[e * stride + t]. buf: scratch
-    of 24*th*tw + 8*tw. Columns first, over the whole plane: Z[r, j, t] = (A^T m[:, j, t])[r];
-    then per tile row and output row r, A^T along the rows into the 4 phases of the row (+ bias),
-    interleaved into y (through a buffer when the last tile column is partial)."""
+    of 32*th*tw. Columns first, over the whole plane: Z[r, j, t] = (A^T m[:, j, t])[r]; then for
+    each output row r of the tile rows, A^T along the rows into four phases Q_c (+ bias),
+    interleaved into th output rows of 4*tw values, copied into y without the values past Ho/Wo."""
     cdef Py_ssize_t per = th * tw, Wt = 4 * tw
-    cdef Py_ssize_t a, j, r, q, rows
+    cdef Py_ssize_t a, j, r, u
     cdef floating* Z = buf
     cdef floating* Q = buf + 24 * per
-    cdef floating* row = Q + 4 * tw
+    cdef floating* out = Q + 4 * per
     cdef floating* z
-    cdef floating* dst
     for j in range(6):
         at4(m + j * stride, m + (6 + j) * stride, m + (12 + j) * stride, m + (18 + j) * stride,
             m + (24 + j) * stride, m + (30 + j) * stride, Z + j * per, 6 * per, per)
-    for a in range(th):
-        rows = Ho - 4 * a if Ho - 4 * a < 4 else 4
-        for r in range(rows):
-            z = Z + 6 * r * per + a * tw
-            at4(z, z + per, z + 2 * per, z + 3 * per, z + 4 * per, z + 5 * per, Q, tw, tw)
-            dst = y + (4 * a + r) * Wo if Wt == Wo else row
-            if has_bias:
-                for q in range(tw):
-                    dst[4 * q] = Q[q] + bias
-                    dst[4 * q + 1] = Q[tw + q] + bias
-                    dst[4 * q + 2] = Q[2 * tw + q] + bias
-                    dst[4 * q + 3] = Q[3 * tw + q] + bias
-            else:
-                for q in range(tw):
-                    dst[4 * q] = Q[q]
-                    dst[4 * q + 1] = Q[tw + q]
-                    dst[4 * q + 2] = Q[2 * tw + q]
-                    dst[4 * q + 3] = Q[3 * tw + q]
-            if Wt != Wo:
-                memcpy(y + (4 * a + r) * Wo, row, Wo * sizeof(floating))
+    for r in range(4 if Ho >= 4 else Ho):
+        z = Z + 6 * r * per
+        at4(z, z + per, z + 2 * per, z + 3 * per, z + 4 * per, z + 5 * per, Q, per, per)
+        if has_bias:
+            for u in range(per):
+                out[4 * u] = Q[u] + bias
+                out[4 * u + 1] = Q[per + u] + bias
+                out[4 * u + 2] = Q[2 * per + u] + bias
+                out[4 * u + 3] = Q[3 * per + u] + bias
+        else:
+            for u in range(per):
+                out[4 * u] = Q[u]
+                out[4 * u + 1] = Q[per + u]
+                out[4 * u + 2] = Q[2 * per + u]
+                out[4 * u + 3] = Q[3 * per + u]
+        for a in range(th):
+            if 4 * a + r < Ho:
+                memcpy(y + (4 * a + r) * Wo, out + a * Wt, Wo * sizeof(floating))
 
 
 cdef void output_grad_transform_plane(const floating* gy, floating* dm, Py_ssize_t stride,
                                       Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th, Py_ssize_t tw,
                                       floating* buf) noexcept nogil:
     """dM value e of tile t of one (Ho, Wo) grad_output plane to dm[e * stride + t], from the
-    tile's 4x4 values (zero past Ho/Wo). buf: scratch of 24*th*tw + 8*tw. Rows first: each of the
-    4 rows of a tile row, zero-padded and deinterleaved into its phases, becomes 6 runs R[j, k, t]
-    by A; then columns over the whole plane: dM[6*i + j, t] = (A R[j, :, t])[i]."""
-    cdef Py_ssize_t per = th * tw, Wt = 4 * tw
-    cdef Py_ssize_t a, j, k
-    cdef floating* R = buf
-    cdef floating* lin = buf + 24 * per
-    cdef floating* P = lin + Wt
+    tile's 4x4 values (zero past Ho/Wo). buf: scratch of 40*th*tw. Rows 4a + k (k < 4) go,
+    zero-padded to 4*tw values, to slot k * th + a of `lin`, are deinterleaved into their 4 column
+    phases and transformed by A along the rows (RT_j); then A down the columns of each tile row
+    gives dM[6*i + j] for the whole plane."""
+    cdef Py_ssize_t per = th * tw, Wt = 4 * tw, n = 4 * per
+    cdef Py_ssize_t r, j
+    cdef floating* X = buf
+    cdef floating* RT = X + 4 * n
+    cdef floating* lin = RT  # the rows are no longer needed once deinterleaved
     cdef floating* z
-    for a in range(th):
-        for k in range(4):
-            copy_rows(gy, lin, 1, 4 * a + k, Ho, Wo, 0, Wt)
-            deinterleave4(lin, P, tw)
-            a6(P, P + tw, P + 2 * tw, P + 3 * tw, R + k * per + a * tw, 4 * per, tw)
+    for r in range(4 * th):
+        copy_rows(gy, lin + ((r % 4) * th + r // 4) * Wt, 1, r, Ho, Wo, 0, Wt)
+    deinterleave(lin, X, n, 4)
+    a6(X, X + n, X + 2 * n, X + 3 * n, RT, n, n)
     for j in range(6):
-        z = R + 4 * j * per
+        z = RT + j * n
         a6(z, z + per, z + 2 * per, z + 3 * per, dm + j * stride, 6 * stride, per)
 
 
@@ -262,7 +287,7 @@ def input_transform(const floating[:, :, :, ::1] x, floating[:, :, ::1] v, Py_ss
     cdef Py_ssize_t T = v.shape[2]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
-    cdef Py_ssize_t width = 36 * th * tw + 8 * (tw + 1)
+    cdef Py_ssize_t width = input_scratch(th, tw)
     cdef Py_ssize_t nc, u, n, c
     cdef floating* scratch
     if C == 0 or T == 0 or per == 0:
@@ -288,7 +313,7 @@ def output_transform(const floating[:, :, ::1] m, floating[:, :, :, ::1] y, Py_s
     cdef Py_ssize_t T = m.shape[2]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
-    cdef Py_ssize_t width = 24 * th * tw + 8 * tw
+    cdef Py_ssize_t width = 32 * th * tw
     cdef Py_ssize_t nc, u, n, k
     cdef floating* scratch
     cdef floating b
@@ -317,7 +342,7 @@ def output_grad_transform(const floating[:, :, :, ::1] gy, floating[:, :, ::1] d
     cdef Py_ssize_t T = dm.shape[2]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
-    cdef Py_ssize_t width = 24 * th * tw + 8 * tw
+    cdef Py_ssize_t width = 40 * th * tw
     cdef Py_ssize_t nc, u, n, k
     cdef floating* scratch
     if K == 0 or T == 0 or per == 0:
