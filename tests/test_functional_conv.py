@@ -216,3 +216,19 @@ def test_conv2d_accepts_lists_and_int_bias_with_float32_input(algorithm):
     y = F.conv2d(x, w, [3])
     assert y.dtype == np.float32
     assert_close(y, oracle.conv2d(x, np.array(w), np.array([3])))
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)], ids=["input_only", "weight_only"])
+@pytest.mark.parametrize("case_id", ["basic3x3", "groups2_stride2", "depthwise", "pointwise"])
+def test_conv2d_partial_backward_matches_oracle(case_id, need, algorithm):
+    """nn layers ask for grad_input or grad_weight alone (frozen weights, first layer): each
+    algorithm then computes only that one, and it equals the oracle's."""
+    from cnnext.functional import conv
+    x, w, _, params = conv_inputs(case_id, np.float64)
+    gy = rng_for("partial", case_id).standard_normal(out_shape(x, w, params))
+    gx, gw, gb = conv._backward("t", gy, x, w, params.get("stride", 1), params.get("padding", 0),
+                                params.get("dilation", 1), params.get("groups", 1), *need)
+    want = oracle.conv2d_backward(gy, x, w, **params)
+    assert (gx is None) != need[0] and (gw is None) != need[1]
+    assert_close(gx if need[0] else gw, want[0] if need[0] else want[1])
+    assert_close(gb, want[2])

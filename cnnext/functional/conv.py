@@ -173,11 +173,11 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
     gx = np.zeros(g.input_shape, dtype=dtype) if need_input else None
-    gw = np.zeros((G, Kg, R), dtype=dtype) if need_weight else None
     if g.N == 0 or K == 0:
-        return gx, (gw.reshape(weight.shape) if need_weight else None)
+        return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
     nt = get_num_threads()
     algorithm = _algorithm(g)
+    gw = None
     if algorithm == "winograd":
         if need_input:
             # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
@@ -200,7 +200,10 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     chunk = _chunk_size(g, dtype.itemsize)
     cols = np.empty(G * R * chunk * P, dtype=dtype)
     gbuf = np.empty(K * chunk * P, dtype=dtype)
-    tmp = np.empty_like(gw) if need_weight and chunk < g.N else None
+    # dW^T = cols @ dY^T, (R, Kg) per group: OpenBLAS runs this orientation 1.1-2.5x faster than
+    # dY @ cols^T on the reference shapes (the long inner dimension is contiguous in both operands)
+    gwt = np.empty((G, R, Kg), dtype=dtype) if need_weight else None
+    tmp = np.empty_like(gwt) if need_weight and chunk < g.N else None
     gy3 = gy.reshape(g.N, K, P)
     for n0 in range(0, g.N, chunk):
         nc = min(chunk, g.N - n0)
@@ -211,16 +214,17 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
         if need_weight:
             _im2col.im2col(x, c, n0, *_im2col_args(g), nt)
             c3 = c.reshape(G, R, nc * P)
-            if tmp is None:
-                np.matmul(d3, c3.transpose(0, 2, 1), out=gw)
+            if n0 == 0:
+                np.matmul(c3, d3.transpose(0, 2, 1), out=gwt)
             else:
-                np.matmul(d3, c3.transpose(0, 2, 1), out=tmp)
-                gw += tmp
+                np.matmul(c3, d3.transpose(0, 2, 1), out=tmp)
+                gwt += tmp
         if need_input:
             # the columns are no longer needed: reuse their buffer for d(cols)
             np.matmul(wt, d3, out=c.reshape(G, R, nc * P))
             _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
-    return gx, (gw.reshape(weight.shape) if need_weight else None)
+    gw = np.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(weight.shape) if need_weight else None
+    return gx, gw
 
 
 # Winograd F(4x4, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
