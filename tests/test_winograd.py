@@ -191,22 +191,23 @@ def test_winograd_forced_on_other_shapes_falls_back_to_gemm(case):
         assert_close(got, want)
 
 
-def test_auto_picks_winograd_for_wide_3x3_and_gemm_for_tiny_channels():
+def test_auto_picks_winograd_where_it_was_measured_faster():
     from cnnext._validation import check_conv2d
 
-    def algorithm(C, K, size=None, stride=1):
-        size = conv._WINOGRAD_MIN_SIZE if size is None else size
+    def algorithm(C, K, size, stride=1):
         x = np.zeros((2, C, size, size), np.float32)
         w = np.zeros((K, C, 3, 3), np.float32)
         return conv._algorithm(check_conv2d("t", x, w, None, stride, 1, 1, 1)[3])
 
-    m = conv._WINOGRAD_MIN_CHANNELS
-    assert algorithm(m, m) == "winograd"
-    assert algorithm(m - 1, 64) == "gemm"
-    assert algorithm(64, m - 1) == "gemm"
-    assert algorithm(64, 64, size=conv._WINOGRAD_MIN_SIZE - 1) == "gemm"
-    assert algorithm(64, 64, stride=2) == "gemm"
+    assert conv._WINOGRAD_AUTO  # at least one (size, channels) rule
+    for size, channels in conv._WINOGRAD_AUTO:
+        assert algorithm(channels, channels, size) == "winograd"
+        assert algorithm(channels, 2 * channels, size) == "winograd"
+        assert algorithm(channels, channels, size, stride=2) == "gemm"
+    assert algorithm(1, 1, 64) == "gemm"  # too few channels at any size
+    assert algorithm(256, 256, 4) == "gemm"  # too small an output at any width
+    assert algorithm(16, 16, 8) == "gemm" and algorithm(16, 16, 16) == "winograd"
     with force_conv_algorithm("gemm"):
-        assert algorithm(64, 64) == "gemm"
+        assert algorithm(64, 64, 32) == "gemm"
     with force_conv_algorithm("winograd"):
-        assert algorithm(1, 1) == "winograd"
+        assert algorithm(1, 1, 4) == "winograd"
