@@ -26,6 +26,7 @@ _runtimes_before = _runtime.loaded_openmp_runtimes()
 
 from cnnext._version import __version__  # noqa: E402
 from cnnext._config import (  # noqa: E402
+    force_conv_algorithm,
     get_num_threads,
     get_workspace_limit,
     set_num_threads,
@@ -57,6 +58,7 @@ __all__ = [
     "set_num_threads",
     "get_workspace_limit",
     "set_workspace_limit",
+    "force_conv_algorithm",
     "show_config",
     # training toolkit
     "nn",

@@ -127,7 +127,10 @@ def get_workspace_limit():
 
 
 class force_conv_algorithm:
-    """Context manager that makes conv2d use one algorithm (for tests and benchmarks).
+    """Context manager that makes conv2d use one algorithm inside its ``with`` block.
+
+    The choice is process-wide while the block runs. Use it to compare algorithms, or with
+    'gemm' to keep float32 convolutions off Winograd's larger rounding error.
 
     Parameters
     ----------

@@ -211,3 +211,21 @@ def test_auto_picks_winograd_where_it_was_measured_faster():
         assert algorithm(64, 64, 32) == "gemm"
     with force_conv_algorithm("winograd"):
         assert algorithm(1, 1, 4) == "winograd"
+
+
+def test_force_conv_algorithm_is_public_and_turns_winograd_off(monkeypatch):
+    """cnnext.force_conv_algorithm('gemm') (README, Numerics) keeps a shape that 'auto' runs on
+    Winograd off it, and restores 'auto' afterwards."""
+    from cnnext import _winograd
+    x, w, b = make(2, 32, 16, 16, 32, np.float32, "public")
+    calls = []
+    real = _winograd.input_transform
+    monkeypatch.setattr(_winograd, "input_transform", lambda *a: calls.append(1) or real(*a))
+    F.conv2d(x, w, b, padding=1)
+    assert calls, "auto should pick Winograd for 32 channels at 16x16"
+    calls.clear()
+    with cnnext.force_conv_algorithm("gemm"):
+        y = F.conv2d(x, w, b, padding=1)
+    assert not calls
+    assert_close(y, oracle.conv2d(x, w, b, padding=1))
+    assert "force_conv_algorithm" in cnnext.__all__
