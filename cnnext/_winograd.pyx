@@ -278,13 +278,13 @@ cdef void* thread_scratch(Py_ssize_t nbytes, str func) except NULL:
     return scratch
 
 
-def input_transform(const floating[:, :, :, ::1] x, floating[:, :, ::1] v, Py_ssize_t n0,
-                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Ho, Py_ssize_t Wo,
+def input_transform(const floating[:, :, :, ::1] x, floating[:, ::1] v, Py_ssize_t n0,
+                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t T,
                     int num_threads=1):
-    """Write the transformed input tiles of samples x[n0:n0+nc] into v, shape (36, C, nc*tiles),
-    tiles = ceil(Ho/4) * ceil(Wo/4); pt, pl are the top/left zero padding."""
+    """Write the transformed input tiles of samples x[n0:n0+nc] into v: element (e, c, t) at
+    v[e, c*T + t], v of shape (36, >= C*T), T = nc * tiles, tiles = ceil(Ho/4) * ceil(Wo/4);
+    pt, pl are the top/left zero padding."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t T = v.shape[2]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
     cdef Py_ssize_t width = input_scratch(th, tw)
@@ -299,18 +299,17 @@ def input_transform(const floating[:, :, :, ::1] x, floating[:, :, ::1] v, Py_ss
             for u in prange(nc * C, schedule='static'):
                 n = u // C
                 c = u % C
-                input_transform_plane(&x[n0 + n, c, 0, 0], &v[0, c, n * per], C * T,
+                input_transform_plane(&x[n0 + n, c, 0, 0], &v[0, c * T + n * per], v.shape[1],
                                       H, W, pt, pl, th, tw, scratch + omp_get_thread_num() * width)
     finally:
         free(scratch)
 
 
-def output_transform(const floating[:, :, ::1] m, floating[:, :, :, ::1] y, Py_ssize_t n0,
-                     const floating[::1] bias, bint has_bias, int num_threads=1):
-    """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products m, shape (36, K, nc*tiles),
-    adding bias[k] when has_bias."""
+def output_transform(const floating[:, ::1] m, floating[:, :, :, ::1] y, Py_ssize_t n0,
+                     const floating[::1] bias, bint has_bias, Py_ssize_t T, int num_threads=1):
+    """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products, element (e, k, t) at
+    m[e, k*T + t], T = nc * tiles, adding bias[k] when has_bias."""
     cdef Py_ssize_t K = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
-    cdef Py_ssize_t T = m.shape[2]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
     cdef Py_ssize_t width = 32 * th * tw
@@ -327,19 +326,18 @@ def output_transform(const floating[:, :, ::1] m, floating[:, :, :, ::1] y, Py_s
                 n = u // K
                 k = u % K
                 b = bias[k] if has_bias else 0
-                output_transform_plane(&m[0, k, n * per], &y[n0 + n, k, 0, 0], K * T,
+                output_transform_plane(&m[0, k * T + n * per], &y[n0 + n, k, 0, 0], m.shape[1],
                                        Ho, Wo, th, tw, b, has_bias,
                                        scratch + omp_get_thread_num() * width)
     finally:
         free(scratch)
 
 
-def output_grad_transform(const floating[:, :, :, ::1] gy, floating[:, :, ::1] dm,
-                          Py_ssize_t n0, int num_threads=1):
-    """Write the transformed grad_output tiles of samples gy[n0:n0+nc] (N, K, Ho, Wo) into dm,
-    shape (36, K, nc*tiles)."""
+def output_grad_transform(const floating[:, :, :, ::1] gy, floating[:, ::1] dm,
+                          Py_ssize_t n0, Py_ssize_t T, int num_threads=1):
+    """Write the transformed grad_output tiles of samples gy[n0:n0+nc] (N, K, Ho, Wo) into dm:
+    element (e, k, t) at dm[e, k*T + t], T = nc * tiles."""
     cdef Py_ssize_t K = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
-    cdef Py_ssize_t T = dm.shape[2]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
     cdef Py_ssize_t width = 40 * th * tw
@@ -354,7 +352,7 @@ def output_grad_transform(const floating[:, :, :, ::1] gy, floating[:, :, ::1] d
             for u in prange(nc * K, schedule='static'):
                 n = u // K
                 k = u % K
-                output_grad_transform_plane(&gy[n0 + n, k, 0, 0], &dm[0, k, n * per], K * T,
+                output_grad_transform_plane(&gy[n0 + n, k, 0, 0], &dm[0, k * T + n * per], dm.shape[1],
                                             Ho, Wo, th, tw, scratch + omp_get_thread_num() * width)
     finally:
         free(scratch)

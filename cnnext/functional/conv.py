@@ -251,13 +251,27 @@ def _winograd_eligible(g):
 
 
 def _winograd_chunks(N, C, K, Ho, Wo, dtype):
-    """Yield (n0, T): the first sample and tile count of each chunk of the batch."""
+    """(first sample, tile count) of each chunk of the batch: a list."""
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
     budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
     chunk = int(max(1, min(N, budget)))
-    for n0 in range(0, N, chunk):
-        yield n0, min(chunk, N - n0) * tiles
+    return [(n0, min(chunk, N - n0) * tiles) for n0 in range(0, N, chunk)]
+
+
+def _winograd_buffer(cols, dtype):
+    """A (36, ld) workspace, ld >= cols, whose rows start 64 bytes past a multiple of 4 KiB apart.
+
+    The transforms write (or read) 36 runs per plane, one in each row. Rows a multiple of 4 KiB
+    apart map to the same few cache sets, so those runs evict each other (measured: the 2-thread
+    transforms ran no faster than 1-thread ones); 64 bytes more per row spreads them out."""
+    item = dtype.itemsize
+    return np.empty((36, cols + ((64 - cols * item) % 4096) // item), dtype=dtype)
+
+
+def _as_gemm(buf, rows, T):
+    """The (36, rows, T) matrices in the first rows*T columns of a _winograd_buffer."""
+    return buf[:, : rows * T].reshape(36, rows, T)
 
 
 def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
@@ -268,16 +282,13 @@ def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
     # U[6*i + j, k, c] = (G w[k, c] G^T)[i, j], computed in float64 then rounded once
     u = _WINOGRAD_G @ weight.astype(np.float64) @ _WINOGRAD_G.T
     u = np.ascontiguousarray(u.reshape(K, C, 36).transpose(2, 0, 1), dtype=dtype)
-    vbuf = mbuf = None
-    for n0, T in _winograd_chunks(N, C, K, Ho, Wo, dtype):
-        if vbuf is None:
-            vbuf = np.empty(36 * C * T, dtype=dtype)
-            mbuf = np.empty(36 * K * T, dtype=dtype)
-        v = vbuf[: 36 * C * T].reshape(36, C, T)
-        m = mbuf[: 36 * K * T].reshape(36, K, T)
-        _winograd.input_transform(x, v, n0, pt, pl, Ho, Wo, nt)
-        np.matmul(u, v, out=m)
-        _winograd.output_transform(m, y, n0, bias, has_bias, nt)
+    chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
+    vbuf = _winograd_buffer(C * chunks[0][1], dtype)
+    mbuf = _winograd_buffer(K * chunks[0][1], dtype)
+    for n0, T in chunks:
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, T, nt)
+        np.matmul(u, _as_gemm(vbuf, C, T), out=_as_gemm(mbuf, K, T))
+        _winograd.output_transform(mbuf, y, n0, bias, has_bias, T, nt)
 
 
 def _winograd_grad_weight(x, gy, pt, pl, nt):
@@ -289,16 +300,13 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
     dtype = x.dtype
     du = np.zeros((36, K, C), dtype=dtype)
     tmp = np.empty_like(du)
-    vbuf = mbuf = None
-    for n0, T in _winograd_chunks(N, C, K, Ho, Wo, dtype):
-        if vbuf is None:
-            vbuf = np.empty(36 * C * T, dtype=dtype)
-            mbuf = np.empty(36 * K * T, dtype=dtype)
-        v = vbuf[: 36 * C * T].reshape(36, C, T)
-        dm = mbuf[: 36 * K * T].reshape(36, K, T)
-        _winograd.input_transform(x, v, n0, pt, pl, Ho, Wo, nt)
-        _winograd.output_grad_transform(gy, dm, n0, nt)
-        np.matmul(dm, v.transpose(0, 2, 1), out=tmp)
+    chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
+    vbuf = _winograd_buffer(C * chunks[0][1], dtype)
+    mbuf = _winograd_buffer(K * chunks[0][1], dtype)
+    for n0, T in chunks:
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, T, nt)
+        _winograd.output_grad_transform(gy, mbuf, n0, T, nt)
+        np.matmul(_as_gemm(mbuf, K, T), _as_gemm(vbuf, C, T).transpose(0, 2, 1), out=tmp)
         du += tmp
     du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
     return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)
