@@ -73,11 +73,17 @@ def _backward(func, grad_output, input, weight, stride, padding, dilation, group
     check_shape(gy, g.output_shape[1:] if unbatched else g.output_shape, "grad_output", func)
     if unbatched:
         gy = gy[None]
-    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
-    gb = gy.sum(axis=(0, 2, 3))
+    gx, gw, gb = _backward_checked(x, weight, gy, g, need_input, need_weight)
     if unbatched and gx is not None:
         gx = gx[0]
     return gx, gw, gb
+
+
+def _backward_checked(x, weight, gy, g, need_input, need_weight):
+    """_backward for arguments already checked against geometry ``g`` (x and gy 4-D, all C-contiguous
+    in one float dtype): (grad_input or None, grad_weight or None, grad_bias)."""
+    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
+    return gx, gw, gy.sum(axis=(0, 2, 3))
 
 
 def _algorithm(g):
