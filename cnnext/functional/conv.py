@@ -8,7 +8,7 @@ batched matmul over the groups (no Python loop over groups).
 import numpy as np
 
 from cnnext import _direct, _im2col, _winograd
-from cnnext._config import get_conv_algorithm, get_num_threads, get_workspace_limit
+from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._validation import as_float_array, check_conv2d, check_shape
 
 __all__ = ["conv2d", "conv2d_backward"]
@@ -138,7 +138,7 @@ def _forward(x, weight, bias, g):
     y = np.empty(g.output_shape, dtype=dtype)
     if y.size == 0:
         return y
-    nt = get_num_threads()
+    nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
@@ -182,7 +182,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     gw = np.zeros((G, Kg, R), dtype=dtype) if need_weight else None
     if g.N == 0 or K == 0:
         return gx, (gw.reshape(weight.shape) if need_weight else None)
-    nt = get_num_threads()
+    nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
     algorithm = _algorithm(g)
     if algorithm == "winograd" and need_input:
         # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
