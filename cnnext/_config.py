@@ -81,6 +81,8 @@ def set_num_threads(n):
         so does a process forked (``multiprocessing``'s default on Linux) after its parent ran
         multi-threaded kernels, because the OpenMP runtime cannot start threads there. Use the
         ``spawn`` or ``forkserver`` start method for multi-threaded kernels in worker processes.
+        Calls on small inputs (a convolution whose column matrix has fewer than 2**17 elements, such
+        as one LeNet sample) run on one thread, where waking the others would cost more than it saves.
     """
     n = _positive_int(n, "n", "set_num_threads")
     if n > _MAX_THREADS:

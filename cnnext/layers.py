@@ -16,6 +16,11 @@ Design
 * ``ConvLayer.backward`` does not recompute the forward pass (learn_dl's did): it needs only the input
   and the sensitivity map, and computes the input and weight gradients with one ``conv2d_backward``
   call. ``output_array`` keeps the result of the last ``forward``.
+* ``ConvLayer`` validates its convolution geometry (``check_conv2d``) once per input shape and caches
+  it; each call then only checks the sample's type, dtype and shape (a few attribute reads for a
+  C-contiguous float64 array) and calls the functional entry points that take the checked geometry,
+  so a single-sample call costs little more than its kernels. The weights are read at every call:
+  edits reach the next one without invalidating anything.
 * ``MaxPoolingLayer.backward`` finds the maxima of the input it is given (one pooling kernel call), so
   it works without a preceding ``forward``, as in learn_dl's test_pool_bp.
 * Computation is in float64, as in learn_dl; integer inputs are converted.
