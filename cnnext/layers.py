@@ -16,6 +16,11 @@ Design
 * ``ConvLayer.backward`` does not recompute the forward pass (learn_dl's did): it needs only the input
   and the sensitivity map, and computes the input and weight gradients with one ``conv2d_backward``
   call. ``output_array`` keeps the result of the last ``forward``.
+* ``ConvLayer`` validates its convolution geometry (``check_conv2d``) once per input shape and caches
+  it; each call then only checks the sample's type, dtype and shape (a few attribute reads for a
+  C-contiguous float64 array) and calls the functional entry points that take the checked geometry,
+  so a single-sample call costs little more than its kernels. The weights are read at every call:
+  edits reach the next one without invalidating anything.
 * ``MaxPoolingLayer.backward`` finds the maxima of the input it is given (one pooling kernel call), so
   it works without a preceding ``forward``, as in learn_dl's test_pool_bp.
 * Computation is in float64, as in learn_dl; integer inputs are converted.
@@ -32,13 +37,15 @@ import numpy as np
 
 from cnnext._validation import (
     as_float_array,
+    check_conv2d,
     check_shape,
     conv_output_size,
     result_dtype,
 )
 from cnnext.activators import IdentityActivator
 from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward
-from cnnext.functional.conv import _backward as _conv2d_backward
+from cnnext.functional.conv import _backward_checked as _conv2d_backward_checked
+from cnnext.functional.conv import _forward as _conv2d_forward_checked
 
 __all__ = [
     "ConvLayer",
@@ -108,6 +115,14 @@ def _check_sample(x, expected, name, func, batch=None):
     With ``batch`` (``None`` for a single sample, else N) the layout must match that of the input
     the array belongs to. Returns a C-contiguous float64 array.
     """
+    if type(x) is np.ndarray and x.dtype is _DTYPE and x.flags.c_contiguous:
+        # the common case, checked in a few attribute reads: already what the kernels take
+        shape = x.shape
+        if batch is None:
+            if shape == expected or (len(shape) == 4 and shape[1:] == expected):
+                return x
+        elif shape == (expected if batch is False else (batch,) + expected):
+            return x
     x = _to_array(x, name, func)
     if batch is None:
         ok = x.shape == expected if x.ndim == 3 else (x.ndim == 4 and x.shape[1:] == expected)
@@ -499,6 +514,8 @@ class ConvLayer:
         self.output_array = np.zeros((self.filter_number, self.output_height, self.output_width))
         self.input_array = None
         self.delta_array = None
+        self._geometry_key = None  # (input shape, stride, zero_padding) of the cached geometry
+        self._geometry_cache = None
 
         shape = (self.filter_number, self.channel_number, self.filter_height, self.filter_width)
         # one draw of K*C*KH*KW numbers equals learn_dl's K draws of C*KH*KW: same np.random stream
@@ -550,13 +567,27 @@ class ConvLayer:
             raise RuntimeError(f"{func}: no input yet; call forward(input_array) first")
         return self.input_array
 
+    def _geometry(self, x4, func):
+        """The convolution geometry for a checked (N, C, H, W) input, validated by ``check_conv2d``
+        once per input shape (and stride and padding) and cached: the calls in between pass it
+        straight to the functional entry points, which skip the argument checks."""
+        key = (x4.shape, self.stride, self.zero_padding)
+        if key != self._geometry_key:
+            _, _, _, g, _ = check_conv2d(func, x4, self._weights, self._bias, self.stride,
+                                         self.zero_padding, 1, 1)
+            self._geometry_key, self._geometry_cache = key, g
+        return self._geometry_cache
+
     def _grads(self, func, x, s, need_input, need_weight):
-        gx, gw, gb = _conv2d_backward(func, s, x, self._weights, self.stride, self.zero_padding,
-                                      1, 1, need_input, need_weight)
+        """One conv2d_backward of the checked input ``x`` and sensitivity ``s`` (same layout)."""
+        unbatched = x.ndim == 3
+        x4, s4 = (x[None], s[None]) if unbatched else (x, s)
+        gx, gw, gb = _conv2d_backward_checked(x4, self._weights, s4, self._geometry(x4, func),
+                                              need_input, need_weight)
         if need_weight:
             self._weights_grad[...] = gw
             self._bias_grad[...] = gb
-        return gx
+        return gx[0] if unbatched and need_input else gx
 
     def _set_delta(self, grad_input, x, activator):
         if type(activator) is not IdentityActivator:  # the identity's derivative is 1
@@ -571,10 +602,13 @@ class ConvLayer:
         ----------
         input_array : array_like, (channel_number, input_height, input_width) or (N, ...)
         """
-        x = self._check_input(input_array, "ConvLayer.forward")
+        func = "ConvLayer.forward"
+        x = self._check_input(input_array, func)
+        unbatched = x.ndim == 3
+        x4 = x[None] if unbatched else x
+        y = _conv2d_forward_checked(x4, self._weights, self._bias, self._geometry(x4, func))
         self.input_array = x
-        y = conv2d(x, self._weights, self._bias, self.stride, self.zero_padding)
-        self.output_array = _activate(self.activator.forward, y)
+        self.output_array = _activate(self.activator.forward, y[0] if unbatched else y)
 
     def backward(self, input_array, sensitivity_array, activator):
         """Compute ``delta_array`` and the filters' gradients in one ``conv2d_backward`` call.

@@ -13,3 +13,12 @@ def restore_config():
     finally:
         cnnext.set_num_threads(threads)
         cnnext.set_workspace_limit(workspace)
+
+
+@pytest.fixture(autouse=True)
+def parallel_even_for_small_work(monkeypatch):
+    """The suite's inputs are small, and cnnext runs small kernel calls on one thread
+    (cnnext._config.threads_for): lower that threshold to 0 so every test runs the parallel
+    kernels at the configured thread count. Tests of the threshold itself set it back."""
+    from cnnext import _config
+    monkeypatch.setitem(_config._state, "min_parallel_work", 0)

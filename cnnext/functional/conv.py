@@ -8,7 +8,7 @@ batched matmul over the groups (no Python loop over groups).
 import numpy as np
 
 from cnnext import _direct, _im2col, _winograd
-from cnnext._config import get_conv_algorithm, get_num_threads, get_workspace_limit
+from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._validation import as_float_array, check_conv2d, check_shape
 
 __all__ = ["conv2d", "conv2d_backward"]
@@ -73,11 +73,17 @@ def _backward(func, grad_output, input, weight, stride, padding, dilation, group
     check_shape(gy, g.output_shape[1:] if unbatched else g.output_shape, "grad_output", func)
     if unbatched:
         gy = gy[None]
-    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
-    gb = gy.sum(axis=(0, 2, 3))
+    gx, gw, gb = _backward_checked(x, weight, gy, g, need_input, need_weight)
     if unbatched and gx is not None:
         gx = gx[0]
     return gx, gw, gb
+
+
+def _backward_checked(x, weight, gy, g, need_input, need_weight):
+    """_backward for arguments already checked against geometry ``g`` (x and gy 4-D, all C-contiguous
+    in one float dtype): (grad_input or None, grad_weight or None, grad_bias)."""
+    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
+    return gx, gw, gy.sum(axis=(0, 2, 3))
 
 
 def _algorithm(g):
@@ -132,7 +138,7 @@ def _forward(x, weight, bias, g):
     y = np.empty(g.output_shape, dtype=dtype)
     if y.size == 0:
         return y
-    nt = get_num_threads()
+    nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
@@ -175,7 +181,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     gx = np.zeros(g.input_shape, dtype=dtype) if need_input else None
     if g.N == 0 or K == 0:
         return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
-    nt = get_num_threads()
+    nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
     algorithm = _algorithm(g)
     gw = None
     if algorithm == "winograd":
