@@ -19,12 +19,13 @@ def input_transform(
     pl: int,
     Ho: int,
     Wo: int,
-    T: int,
+    nc: int,
+    ld: int,
     num_threads: int = 1,
 ) -> None:
     """Write the transformed input tiles of samples x[n0:n0+nc] into v: element (e, c, t) at
-    v[e, c*T + t], v of shape (36, >= C*T), T = nc * tiles, tiles = ceil(Ho/4) * ceil(Wo/4);
-    pt, pl are the top/left zero padding."""
+    v[e, c*ld + t] for t < nc * tiles <= ld, tiles = ceil(Ho/4) * ceil(Wo/4); v has shape
+    (36, >= C*ld); pt, pl are the top/left zero padding."""
 
 def output_transform(
     m: NDArray[_F],
@@ -32,18 +33,20 @@ def output_transform(
     n0: int,
     bias: NDArray[_F],
     has_bias: bool,
-    T: int,
+    nc: int,
+    ld: int,
     num_threads: int = 1,
 ) -> None:
     """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products, element (e, k, t) at
-    m[e, k*T + t], T = nc * tiles, adding bias[k] when has_bias."""
+    m[e, k*ld + t], adding bias[k] when has_bias."""
 
 def output_grad_transform(
     gy: NDArray[_F],
     dm: NDArray[_F],
     n0: int,
-    T: int,
+    nc: int,
+    ld: int,
     num_threads: int = 1,
 ) -> None:
     """Write the transformed grad_output tiles of samples gy[n0:n0+nc] (N, K, Ho, Wo) into dm:
-    element (e, k, t) at dm[e, k*T + t], T = nc * tiles."""
+    element (e, k, t) at dm[e, k*ld + t]."""

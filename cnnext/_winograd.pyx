@@ -279,46 +279,45 @@ cdef void* thread_scratch(Py_ssize_t nbytes, str func) except NULL:
 
 
 def input_transform(const floating[:, :, :, ::1] x, floating[:, ::1] v, Py_ssize_t n0,
-                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t T,
-                    int num_threads=1):
+                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t nc,
+                    Py_ssize_t ld, int num_threads=1):
     """Write the transformed input tiles of samples x[n0:n0+nc] into v: element (e, c, t) at
-    v[e, c*T + t], v of shape (36, >= C*T), T = nc * tiles, tiles = ceil(Ho/4) * ceil(Wo/4);
-    pt, pl are the top/left zero padding."""
+    v[e, c*ld + t] for t < nc * tiles <= ld, tiles = ceil(Ho/4) * ceil(Wo/4); v has shape
+    (36, >= C*ld); pt, pl are the top/left zero padding."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
     cdef Py_ssize_t width = input_scratch(th, tw)
-    cdef Py_ssize_t nc, u, n, c
+    cdef Py_ssize_t u, n, c
     cdef floating* scratch
-    if C == 0 or T == 0 or per == 0:
+    if C == 0 or nc == 0 or per == 0:
         return
-    nc = T // per
     scratch = <floating*> thread_scratch(num_threads * width * sizeof(floating), "input_transform")
     try:
         with nogil, parallel(num_threads=num_threads):
             for u in prange(nc * C, schedule='static'):
                 n = u // C
                 c = u % C
-                input_transform_plane(&x[n0 + n, c, 0, 0], &v[0, c * T + n * per], v.shape[1],
+                input_transform_plane(&x[n0 + n, c, 0, 0], &v[0, c * ld + n * per], v.shape[1],
                                       H, W, pt, pl, th, tw, scratch + omp_get_thread_num() * width)
     finally:
         free(scratch)
 
 
 def output_transform(const floating[:, ::1] m, floating[:, :, :, ::1] y, Py_ssize_t n0,
-                     const floating[::1] bias, bint has_bias, Py_ssize_t T, int num_threads=1):
+                     const floating[::1] bias, bint has_bias, Py_ssize_t nc, Py_ssize_t ld,
+                     int num_threads=1):
     """Write y[n0:n0+nc] (N, K, Ho, Wo) from the tile products, element (e, k, t) at
-    m[e, k*T + t], T = nc * tiles, adding bias[k] when has_bias."""
+    m[e, k*ld + t], adding bias[k] when has_bias."""
     cdef Py_ssize_t K = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
     cdef Py_ssize_t width = 32 * th * tw
-    cdef Py_ssize_t nc, u, n, k
+    cdef Py_ssize_t u, n, k
     cdef floating* scratch
     cdef floating b
-    if K == 0 or T == 0 or per == 0:
+    if K == 0 or nc == 0 or per == 0:
         return
-    nc = T // per
     scratch = <floating*> thread_scratch(num_threads * width * sizeof(floating), "output_transform")
     try:
         with nogil, parallel(num_threads=num_threads):
@@ -326,7 +325,7 @@ def output_transform(const floating[:, ::1] m, floating[:, :, :, ::1] y, Py_ssiz
                 n = u // K
                 k = u % K
                 b = bias[k] if has_bias else 0
-                output_transform_plane(&m[0, k * T + n * per], &y[n0 + n, k, 0, 0], m.shape[1],
+                output_transform_plane(&m[0, k * ld + n * per], &y[n0 + n, k, 0, 0], m.shape[1],
                                        Ho, Wo, th, tw, b, has_bias,
                                        scratch + omp_get_thread_num() * width)
     finally:
@@ -334,25 +333,24 @@ def output_transform(const floating[:, ::1] m, floating[:, :, :, ::1] y, Py_ssiz
 
 
 def output_grad_transform(const floating[:, :, :, ::1] gy, floating[:, ::1] dm,
-                          Py_ssize_t n0, Py_ssize_t T, int num_threads=1):
+                          Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t ld, int num_threads=1):
     """Write the transformed grad_output tiles of samples gy[n0:n0+nc] (N, K, Ho, Wo) into dm:
-    element (e, k, t) at dm[e, k*T + t], T = nc * tiles."""
+    element (e, k, t) at dm[e, k*ld + t]."""
     cdef Py_ssize_t K = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
     cdef Py_ssize_t per = th * tw
     cdef Py_ssize_t width = 40 * th * tw
-    cdef Py_ssize_t nc, u, n, k
+    cdef Py_ssize_t u, n, k
     cdef floating* scratch
-    if K == 0 or T == 0 or per == 0:
+    if K == 0 or nc == 0 or per == 0:
         return
-    nc = T // per
     scratch = <floating*> thread_scratch(num_threads * width * sizeof(floating), "output_grad_transform")
     try:
         with nogil, parallel(num_threads=num_threads):
             for u in prange(nc * K, schedule='static'):
                 n = u // K
                 k = u % K
-                output_grad_transform_plane(&gy[n0 + n, k, 0, 0], &dm[0, k * T + n * per], dm.shape[1],
+                output_grad_transform_plane(&gy[n0 + n, k, 0, 0], &dm[0, k * ld + n * per], dm.shape[1],
                                             Ho, Wo, th, tw, scratch + omp_get_thread_num() * width)
     finally:
         free(scratch)

@@ -244,8 +244,13 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
 # 0.90 / 1.12, 16x16 0.64 / 0.74; 32 channels 8x8 0.69 / 0.97; 64 channels 8x8 0.81 / 0.92, 32x32
 # 0.45 / 0.40; slower (1.0-2.2) on 4x4 and 6x6 outputs and below 32 channels on 8x8.
 _WINOGRAD_AUTO = ((16, 8), (8, 32))
-# Target size of one chunk's transformed input V plus GEMM output M.
-_WINOGRAD_CACHE_TARGET_BYTES = 4 * 2**20
+# Target size of one chunk's transformed input V plus GEMM output M. Measured (one thread, CPU
+# time of forward / grad_weight in ms, chunk = samples per chunk): cifar (32->64, 32x32) chunk 2:
+# 60/70, 4: 53/92, 6: 47/49, 8: 46/48, 16: 52/60; deep (128->128, 16x16) chunk 2: 46/56,
+# 4: 50/48, 8: 47/48, 12: 43/46, 16: 55/63. OpenBLAS runs the grad_weight GEMMs (inner dimension
+# = the chunk's tile count) erratically slower at some sizes (cifar's 256 tiles), whatever their
+# leading dimension; 7 MiB gives chunks of 8 (cifar) and 12 (deep).
+_WINOGRAD_CACHE_TARGET_BYTES = 7 * 2**20
 # G of F(4x4, 3x3): U = G g G^T transforms a 3x3 filter, grad_weight = G^T dU G.
 _WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
@@ -257,27 +262,30 @@ def _winograd_eligible(g):
 
 
 def _winograd_chunks(N, C, K, Ho, Wo, dtype):
-    """(first sample, tile count) of each chunk of the batch: a list."""
+    """(tiles per sample, row pitch, [(first sample, samples), ...]) of the batch's chunks; the
+    pitch (the leading dimension BLAS sees) is a whole chunk's tile count."""
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
     budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
     chunk = int(max(1, min(N, budget)))
-    return [(n0, min(chunk, N - n0) * tiles) for n0 in range(0, N, chunk)]
+    ld = chunk * tiles
+    return tiles, ld, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
 
 
-def _winograd_buffer(cols, dtype):
-    """A (36, ld) workspace, ld >= cols, whose rows start 64 bytes past a multiple of 4 KiB apart.
+def _winograd_buffer(rows, ld, dtype):
+    """A (36, >= rows*ld) workspace whose rows start 64 bytes past a multiple of 4 KiB apart.
 
     The transforms write (or read) 36 runs per plane, one in each row. Rows a multiple of 4 KiB
-    apart map to the same few cache sets, so those runs evict each other (measured: the 2-thread
-    transforms ran no faster than 1-thread ones); 64 bytes more per row spreads them out."""
+    apart map to the same few cache sets, so those runs would evict each other; 64 bytes more per
+    row spreads them out."""
     item = dtype.itemsize
+    cols = rows * ld
     return np.empty((36, cols + ((64 - cols * item) % 4096) // item), dtype=dtype)
 
 
-def _as_gemm(buf, rows, T):
-    """The (36, rows, T) matrices in the first rows*T columns of a _winograd_buffer."""
-    return buf[:, : rows * T].reshape(36, rows, T)
+def _as_gemm(buf, rows, ld, T):
+    """The (36, rows, T) matrices, leading dimension ld, at the start of a _winograd_buffer."""
+    return buf[:, : rows * ld].reshape(36, rows, ld)[:, :, :T]
 
 
 def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
@@ -288,13 +296,13 @@ def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
     # U[6*i + j, k, c] = (G w[k, c] G^T)[i, j], computed in float64 then rounded once
     u = _WINOGRAD_G @ weight.astype(np.float64) @ _WINOGRAD_G.T
     u = np.ascontiguousarray(u.reshape(K, C, 36).transpose(2, 0, 1), dtype=dtype)
-    chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
-    vbuf = _winograd_buffer(C * chunks[0][1], dtype)
-    mbuf = _winograd_buffer(K * chunks[0][1], dtype)
-    for n0, T in chunks:
-        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, T, nt)
-        np.matmul(u, _as_gemm(vbuf, C, T), out=_as_gemm(mbuf, K, T))
-        _winograd.output_transform(mbuf, y, n0, bias, has_bias, T, nt)
+    tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
+    vbuf = _winograd_buffer(C, ld, dtype)
+    mbuf = _winograd_buffer(K, ld, dtype)
+    for n0, nc in chunks:
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
+        np.matmul(u, _as_gemm(vbuf, C, ld, nc * tiles), out=_as_gemm(mbuf, K, ld, nc * tiles))
+        _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, nt)
 
 
 def _winograd_grad_weight(x, gy, pt, pl, nt):
@@ -306,13 +314,14 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
     dtype = x.dtype
     du = np.zeros((36, K, C), dtype=dtype)
     tmp = np.empty_like(du)
-    chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
-    vbuf = _winograd_buffer(C * chunks[0][1], dtype)
-    mbuf = _winograd_buffer(K * chunks[0][1], dtype)
-    for n0, T in chunks:
-        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, T, nt)
-        _winograd.output_grad_transform(gy, mbuf, n0, T, nt)
-        np.matmul(_as_gemm(mbuf, K, T), _as_gemm(vbuf, C, T).transpose(0, 2, 1), out=tmp)
+    tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
+    vbuf = _winograd_buffer(C, ld, dtype)
+    mbuf = _winograd_buffer(K, ld, dtype)
+    for n0, nc in chunks:
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
+        _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, nt)
+        T = nc * tiles
+        np.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1), out=tmp)
         du += tmp
     du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
     return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)
