@@ -22,3 +22,8 @@ def parallel_even_for_small_work(monkeypatch):
     kernels at the configured thread count. Tests of the threshold itself set it back."""
     from cnnext import _config
     monkeypatch.setitem(_config._state, "min_parallel_work", 0)
+    yield
+    # force_conv_algorithm is process-wide: a test that leaves it set changes every later test
+    leaked = _config._state["conv_algorithm"]
+    _config._state["conv_algorithm"] = "auto"
+    assert leaked == "auto", f"the test left force_conv_algorithm({leaked!r}) in effect"

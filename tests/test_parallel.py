@@ -29,9 +29,13 @@ def data(N=9, C=5, S=10, K=6, seed=0, dtype=np.float64):
     return x, w, b, gy
 
 
+def conv_pass(x, w, b, gy):
+    return (F.conv2d(x, w, b, padding=1),) + F.conv2d_backward(gy, x, w, padding=1)
+
+
 def winograd_pass(x, w, b, gy):
     with cnnext.force_conv_algorithm("winograd"):
-        return (F.conv2d(x, w, b, padding=1),) + F.conv2d_backward(gy, x, w, padding=1)
+        return conv_pass(x, w, b, gy)
 
 
 @pytest.fixture
@@ -96,23 +100,25 @@ def test_blas_restored_after_an_error_in_a_chunk(monkeypatch):
 @pytest.mark.usefixtures("many_chunks")
 def test_overlapping_calls_from_threads_restore_blas_once():
     """Calls overlapping in several Python threads each set BLAS to one thread; it is put back
-    after the last one, and every call's result equals a serial call's."""
+    after the last one, and every call's result equals a serial call's. (The algorithm is forced
+    once, outside the threads: force_conv_algorithm is process-wide.)"""
     cnnext.set_num_threads(2)
     before = blas_threads()
     inputs = [data(seed=s) for s in range(4)]
-    want = [winograd_pass(*d) for d in inputs]
     got = [None] * 4
     barrier = threading.Barrier(4)
 
     def run(i):
         barrier.wait()
         for _ in range(3):
-            got[i] = winograd_pass(*inputs[i])
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+            got[i] = conv_pass(*inputs[i])
+    with cnnext.force_conv_algorithm("winograd"):
+        want = [conv_pass(*d) for d in inputs]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert blas_threads() == before
     for g, w_ in zip(got, want):
         for a, c in zip(g, w_):
