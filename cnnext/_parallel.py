@@ -125,10 +125,9 @@ def map_chunks(job, count, num_threads, make_workspace, workspace_bytes):
 
 
 def matmul(a, b, out, threads):
-    """``np.matmul(a, b, out=out)`` for stacks of matrices (axis 0), the stack split over up to
-    ``threads`` Python threads when BLAS is controlled (inside ``map_chunks``). Each matrix product
-    stays one single-threaded BLAS call, as in a serial run. (Splitting one product by rows is not
-    an option: OpenBLAS then rounds some elements differently.)"""
+    """``np.matmul(a, b, out=out)`` for stacks of matrices (axis 0), the stack split over
+    ``threads`` Python threads when BLAS is controlled (inside ``map_chunks``): each matrix
+    product is then one single-threaded BLAS call, as in a serial run."""
     count = a.shape[0]
     workers = min(threads, count)
     if workers <= 1 or not blas_control_available():

@@ -169,29 +169,3 @@ def test_split_matmul_equals_numpy(threads):
         _parallel.matmul(a, b, out, threads)
         want = np.matmul(a, b)
     np.testing.assert_array_equal(out, want)
-
-
-@pytest.mark.usefixtures("restore_config")
-@pytest.mark.parametrize("case", ["stride2", "grouped", "one_sample_big"])
-def test_gemm_path_chunks_over_threads_bitwise_identical(case):
-    """The im2col + GEMM path shares its chunks among threads too (and splits a lone chunk's GEMM
-    by rows): identical results for 1-4 threads, equal to the oracle."""
-    rng = np.random.default_rng(len(case))
-    params = {"stride2": dict(stride=2, padding=1), "grouped": dict(groups=2, padding=1),
-              "one_sample_big": dict(padding=2)}[case]
-    N, C, K, k = {"stride2": (9, 4, 6, 3), "grouped": (7, 4, 6, 3), "one_sample_big": (1, 3, 5, 5)}[case]
-    x = rng.standard_normal((N, C, 17, 15))
-    w = rng.standard_normal((K, C // params.get("groups", 1), k, k))
-    y0 = F.conv2d(x, w, **params)
-    gy = rng.standard_normal(y0.shape)
-    results = {}
-    with cnnext.force_conv_algorithm("gemm"):
-        for n in (1, 2, 3, 4):
-            cnnext.set_num_threads(n)
-            results[n] = (F.conv2d(x, w, **params),) + F.conv2d_backward(gy, x, w, **params)
-    for n in (2, 3, 4):
-        for got, want in zip(results[n], results[1]):
-            np.testing.assert_array_equal(got, want)
-    assert_close(results[2][0], oracle.conv2d(x, w, **params))
-    for got, want in zip(results[3][1:], oracle.conv2d_backward(gy, x, w, **params)):
-        assert_close(got, want)
