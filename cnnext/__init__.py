@@ -32,7 +32,7 @@ from cnnext._config import (  # noqa: E402
     set_num_threads,
     set_workspace_limit,
 )
-from cnnext import _config, _parallel  # noqa: E402
+from cnnext import _config  # noqa: E402
 
 _config._note_openmp_runtime(_runtimes_before, _runtime.loaded_openmp_runtimes(), _user_wait_policy)
 from cnnext import functional  # noqa: E402
@@ -94,7 +94,7 @@ def show_config(mode="stdout"):
     -------
     dict or None
         With ``mode='dicts'``: version, openmp (compiled in or not), num_threads, workspace_bytes,
-        numpy version, numpy's BLAS and whether cnnext can set its thread count (blas_control).
+        numpy version and numpy's BLAS.
     """
     import numpy as np
 
@@ -116,7 +116,6 @@ def show_config(mode="stdout"):
         "workspace_bytes": get_workspace_limit(),
         "numpy": np.__version__,
         "blas": blas,
-        "blas_control": _parallel.blas_control_available(),
     }
     if mode == "dicts":
         return cfg
@@ -132,8 +131,4 @@ def show_config(mode="stdout"):
         print("               set OMP_WAIT_POLICY=PASSIVE before starting Python, to use every core")
     print(f"  workspace:   {cfg['workspace_bytes'] // 2**20} MiB per convolution call")
     print(f"  numpy:       {cfg['numpy']} (BLAS: {cfg['blas']})")
-    if cfg["blas_control"]:
-        print("  BLAS threads: 1 inside chunked convolutions, which run their chunks on cnnext's threads")
-    else:
-        print("  BLAS threads: not controlled by cnnext (not numpy's bundled OpenBLAS)")
     return None
