@@ -7,7 +7,7 @@ batched matmul over the groups (no Python loop over groups).
 """
 import numpy as np
 
-from cnnext import _direct, _im2col, _parallel, _winograd
+from cnnext import _direct, _im2col, _winograd
 from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._validation import as_float_array, check_conv2d, check_shape
 
@@ -263,14 +263,13 @@ def _winograd_eligible(g):
 
 def _winograd_chunks(N, C, K, Ho, Wo, dtype):
     """(tiles per sample, row pitch, [(first sample, samples), ...]) of the batch's chunks; the
-    pitch (the leading dimension BLAS sees) is a whole chunk's tile count. At least 4 chunks when
-    the batch allows, so that threads can share them; the chunks never depend on the thread count
-    (grad_weight sums over them, in their order)."""
+    pitch (the leading dimension BLAS sees) is a whole chunk's tile count."""
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
     budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
-    chunk = int(max(1, min(-(-N // 4), budget)))
-    return tiles, chunk * tiles, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+    chunk = int(max(1, min(N, budget)))
+    ld = chunk * tiles
+    return tiles, ld, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
 
 
 def _winograd_buffer(rows, ld, dtype):
@@ -282,11 +281,6 @@ def _winograd_buffer(rows, ld, dtype):
     item = dtype.itemsize
     cols = rows * ld
     return np.empty((36, cols + ((64 - cols * item) % 4096) // item), dtype=dtype)
-
-
-def _winograd_workspace(C, K, ld, dtype):
-    """One thread's buffers for a chunk's transformed input (C rows) and products (K rows)."""
-    return _winograd_buffer(C, ld, dtype), _winograd_buffer(K, ld, dtype)
 
 
 def _as_gemm(buf, rows, ld, T):
@@ -303,44 +297,31 @@ def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
     u = _WINOGRAD_G @ weight.astype(np.float64) @ _WINOGRAD_G.T
     u = np.ascontiguousarray(u.reshape(K, C, 36).transpose(2, 0, 1), dtype=dtype)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
-
-    def job(ws, i, threads):
-        vbuf, mbuf = ws
-        n0, nc = chunks[i]
-        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, threads)
-        _parallel.matmul(u, _as_gemm(vbuf, C, ld, nc * tiles), _as_gemm(mbuf, K, ld, nc * tiles),
-                         threads)
-        _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, threads)
-
-    for _ in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
-                                  36 * (C + K) * ld * dtype.itemsize):
-        pass
+    vbuf = _winograd_buffer(C, ld, dtype)
+    mbuf = _winograd_buffer(K, ld, dtype)
+    for n0, nc in chunks:
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
+        np.matmul(u, _as_gemm(vbuf, C, ld, nc * tiles), out=_as_gemm(mbuf, K, ld, nc * tiles))
+        _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, nt)
 
 
 def _winograd_grad_weight(x, gy, pt, pl, nt):
     """grad_weight (K, C, 3, 3) of y = conv2d(x, weight), 3x3 stride 1, top/left padding pt, pl:
     dU[e] = sum over tiles of dM[e] @ V[e]^T (V: x's input transform, dM: gy's adjoint output
-    transform), then grad_weight = G^T dU G. The chunks' dU are summed in chunk order."""
+    transform), then grad_weight = G^T dU G."""
     N, C = x.shape[:2]
     K, Ho, Wo = gy.shape[1:]
     dtype = x.dtype
+    du = np.zeros((36, K, C), dtype=dtype)
+    tmp = np.empty_like(du)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
-
-    def job(ws, i, threads):
-        vbuf, mbuf = ws
-        n0, nc = chunks[i]
-        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, threads)
-        _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, threads)
+    vbuf = _winograd_buffer(C, ld, dtype)
+    mbuf = _winograd_buffer(K, ld, dtype)
+    for n0, nc in chunks:
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
+        _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, nt)
         T = nc * tiles
-        return _parallel.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
-                                np.empty((36, K, C), dtype=dtype), threads)
-
-    du = None
-    for part in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
-                                     36 * (C + K) * ld * dtype.itemsize):
-        if du is None:
-            du = part
-        else:
-            du += part
+        np.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1), out=tmp)
+        du += tmp
     du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
     return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)
