@@ -178,11 +178,14 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
-    gx = np.zeros(g.input_shape, dtype=dtype) if need_input else None
+    algorithm = _algorithm(g)
+    # Winograd writes every element of grad_input; the other algorithms accumulate into it
+    gx = None
+    if need_input:
+        gx = (np.empty if algorithm == "winograd" and g.N * K > 0 else np.zeros)(g.input_shape, dtype=dtype)
     if g.N == 0 or K == 0:
         return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
-    algorithm = _algorithm(g)
     gw = None
     if algorithm == "winograd":
         if need_input:
@@ -312,7 +315,7 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
     N, C = x.shape[:2]
     K, Ho, Wo = gy.shape[1:]
     dtype = x.dtype
-    du = np.zeros((36, K, C), dtype=dtype)
+    du = np.empty((36, K, C), dtype=dtype)
     tmp = np.empty_like(du)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
     vbuf = _winograd_buffer(C, ld, dtype)
@@ -321,7 +324,9 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
         _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
         _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, nt)
         T = nc * tiles
-        np.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1), out=tmp)
-        du += tmp
+        np.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
+                  out=du if n0 == 0 else tmp)
+        if n0 > 0:
+            du += tmp
     du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
     return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)
