@@ -9,7 +9,9 @@
 # index is the flat position h*W + w inside the plane, and a window of -inf keeps its first valid
 # position. Forward stores the argmax so backward is a scatter-add (correct for overlapping windows).
 # 2x2 stride-2 and 3x3 windows without padding or dilation take unrolled fast paths with the same
-# comparisons in the same order.
+# comparisons in the same order. When the indices tile the input in 2x2 blocks (2x2 stride-2
+# pooling), backward writes each plane densely in one pass, zeros included; otherwise it zeroes
+# the plane in cache and scatters into it.
 #
 # Average pooling follows PyTorch's divisor rule: with count_include_pad the divisor is the window
 # clipped to the padded input, otherwise the number of real input elements in the window. Window
@@ -19,7 +21,7 @@
 # kernel reports it, and cnnext/functional.py raises ValueError.
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX
 from libc.math cimport INFINITY
 from libc.string cimport memset
 
@@ -264,25 +266,88 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
                                kh, kw, sh, sw, ph, pw, dh, dw)
 
 
-def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
-                        floating[:, ::1] gx, int num_threads=1):
-    """Scatter-add gy (planes, Ho*Wo) into the zeroed gx (planes, H*W) at idx.
+cdef bint _unpool_plane_2x2(const floating* g, const int64_t* ix, floating* gx,
+                            Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    # Backward when the outputs tile the plane in 2x2 blocks (2x2 stride-2 pooling without
+    # padding) and H*W fits in int32: if every index lies in its own block, each block receives
+    # one gradient and every element of gx is written exactly once, zeros included, in contiguous
+    # row streams. Returns False, with gx partly written, after the first row holding an index
+    # outside its block; the caller then redoes the plane with _scatter_plane. A scatter-add into
+    # zeros stores 0 + g, which turns -0.0 into +0.0, so the same sum is written here.
+    # An index i is its block's start q plus d in {0, 1, W, W+1} exactly when its high 32 bits
+    # are 0 and its low 32 bits minus q are d (mod 2**32, as q + d < 2**31): 32-bit lanes, which
+    # SSE2 vectorizes, where 64-bit comparisons would not.
+    cdef Py_ssize_t oh, ow, w
+    cdef uint64_t i
+    cdef int32_t q, d, w32 = <int32_t>W
+    cdef int ok = 1
+    cdef floating v, zero = 0
+    cdef const floating* grow
+    cdef const int64_t* irow
+    cdef floating* r0
+    cdef floating* r1
+    for oh in range(Ho):
+        grow = g + oh * Wo
+        irow = ix + oh * Wo
+        r0 = gx + 2 * oh * W
+        r1 = r0 + W
+        q = <int32_t>(2 * oh * W)
+        for ow in range(Wo):
+            i = <uint64_t>irow[ow]
+            d = <int32_t>(<uint32_t>i - <uint32_t>(q + 2 * ow))
+            ok &= ((d == 0) | (d == 1) | (d == w32) | (d == w32 + 1)) & (<uint32_t>(i >> 32) == 0)
+            v = grow[ow] + zero
+            r0[2 * ow] = _select(d == 0, v, zero)
+            r0[2 * ow + 1] = _select(d == 1, v, zero)
+            r1[2 * ow] = _select(d == w32, v, zero)
+            r1[2 * ow + 1] = _select(d == w32 + 1, v, zero)
+        if not ok:
+            return False
+        for w in range(2 * Wo, W):  # odd width: the last column belongs to no window
+            r0[w] = 0
+            r1[w] = 0
+    if 2 * Ho < H:
+        memset(gx + 2 * Ho * W, 0, (H - 2 * Ho) * W * sizeof(floating))
+    return True
 
-    Returns the number of indices outside [0, H*W); those are skipped, never written.
+
+cdef Py_ssize_t _scatter_plane(const floating* g, const int64_t* ix, floating* gx,
+                               Py_ssize_t P, Py_ssize_t HW) noexcept nogil:
+    # Zero the plane (it is then in cache) and add every gradient at its index; an index outside
+    # [0, HW) is counted and skipped.
+    cdef Py_ssize_t p, bad = 0
+    cdef int64_t j
+    memset(gx, 0, HW * sizeof(floating))
+    for p in range(P):
+        j = ix[p]
+        if <uint64_t>j >= <uint64_t>HW:
+            bad += 1
+        else:
+            gx[j] += g[p]
+    return bad
+
+
+def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
+                        floating[:, ::1] gx, int num_threads=1, Py_ssize_t W=0, Py_ssize_t Wo=0):
+    """Write into gx (planes, H*W) the scatter-add of gy (planes, Ho*Wo) at idx over zeros.
+
+    gx's previous contents are ignored. ``W`` and ``Wo``, the row lengths of the input and output
+    planes, are optional: with them, planes whose indices all lie in their own 2x2 block (2x2
+    stride-2 pooling) take a dense path. Returns the number of indices outside [0, H*W); those
+    are skipped, never written.
     """
     cdef Py_ssize_t planes = gy.shape[0], P = gy.shape[1], HW = gx.shape[1]
-    cdef Py_ssize_t t, p, bad = 0
-    cdef int64_t j
-    if planes == 0 or P == 0:
+    cdef Py_ssize_t t, bad = 0, H = 0, Ho = 0
+    cdef bint blocks = False
+    if planes == 0 or HW == 0:
         return 0
+    if W > 0 and Wo > 0 and HW % W == 0 and P % Wo == 0:
+        H, Ho = HW // W, P // Wo
+        blocks = Ho > 0 and 2 * Ho <= H and 2 * Wo <= W and HW <= INT32_MAX
     with nogil:
         for t in prange(planes, schedule='static', num_threads=num_threads):
-            for p in range(P):
-                j = idx[t, p]
-                if j < 0 or j >= HW:
-                    bad += 1
-                else:
-                    gx[t, j] += gy[t, p]
+            if not (blocks and _unpool_plane_2x2(&gy[t, 0], &idx[t, 0], &gx[t, 0], H, W, Ho, Wo)):
+                bad += _scatter_plane(&gy[t, 0], &idx[t, 0], &gx[t, 0], P, HW)
     return bad
 
 

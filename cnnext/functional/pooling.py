@@ -97,10 +97,11 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     N, C, H, W = shape
     planes = N * C
-    gx = np.zeros(shape, dtype=gy.dtype)
-    P = gy.shape[-2] * gy.shape[-1]  # not -1 in the reshapes: ambiguous when planes == 0
+    gx = np.empty(shape, dtype=gy.dtype)  # the kernel writes every element
+    Wo = gy.shape[-1]
+    P = gy.shape[-2] * Wo  # not -1 in the reshapes: ambiguous when planes == 0
     bad = _pool.max_pool2d_backward(gy.reshape(planes, P), idx.reshape(planes, P),
-                                    gx.reshape(planes, H * W), get_num_threads())
+                                    gx.reshape(planes, H * W), get_num_threads(), W, Wo)
     if bad:
         raise ValueError(
             f"{func}: {bad} indices lie outside [0, H*W) = [0, {H * W}) for input_shape "
