@@ -24,8 +24,10 @@
 #    as it cannot select int64 lanes on a combined double comparison: still branch-free.)
 #  - Dilated windows (max_pool_plane): tap by tap over the windows of each output row.
 # Forward stores the argmax so backward is a scatter-add (correct for overlapping windows). When the
-# indices tile the input in 2x2 blocks (2x2 stride-2 pooling), backward writes each plane densely
-# in one pass, zeros included; otherwise it zeroes the plane in cache and scatters into it.
+# outputs tile the input in 2x2 blocks (2x2 stride-2 pooling, Ho = H // 2, Wo = W // 2) and every
+# index lies in its own block, backward writes each plane densely in one pass, zeros included;
+# otherwise it scatters into the plane, zeroed just before while it is in cache, or handed over
+# already zeroed (calloc'd, for planes too large for that to pay, so untouched pages stay so).
 #
 # Average pooling follows PyTorch's divisor rule: with count_include_pad the divisor is the window
 # clipped to the padded input, otherwise the number of real input elements in the window. Window
@@ -340,11 +342,12 @@ cdef void _max_pool_plane_separable(const floating* x, floating* y, int64_t* idx
     # the last NaN, otherwise the first maximum). Padding rows are skipped and padding columns
     # clipped (_fold_clipped): -inf padding never wins, so a window's result is the fold of its
     # taps inside the plane.
-    # Wh is the scratch row length. When Wh == W // sw >= Wo, the windows of consecutive rows are
-    # equally spaced in memory, so all the windows inside the plane of a band are one long loop
-    # (the ones straddling two rows are computed, then overwritten or never read); otherwise
-    # Wh == Wo and rows are folded one by one. hv, hp: ((band - 1) * sh + kh) * Wh elements.
-    cdef bint flat = Wh * sw == W
+    # Wh is the scratch row length. When sw divides W and Wh == W // sw >= Wo, the windows of
+    # consecutive rows are equally spaced in memory, so all the windows inside the plane of a band
+    # are one long loop (the ones straddling two rows are computed, then overwritten or never
+    # read); otherwise Wh == Wo and rows are folded one by one.
+    # hv, hp: min(H, (band - 1) * sh + kh) * Wh elements.
+    cdef bint flat = W % sw == 0 and Wh == W // sw
     # windows [ow_lo, ow_hi) have all their taps inside the row
     cdef Py_ssize_t ow_lo = first_valid(-pw, sw, Wo)
     cdef Py_ssize_t ow_hi = end_valid(kw - 1 - pw, W, sw, Wo, ow_lo)
@@ -435,7 +438,7 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     cdef bint fast = (fits and kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0
                       and pw == 0 and dh == 1 and dw == 1 and 2 * Ho <= H and 2 * Wo <= W)
     cdef bint separable = fits and not fast and dh == 1 and dw == 1
-    cdef Py_ssize_t band = 0, Wh = 0
+    cdef Py_ssize_t band = 0, Wh = 0, rows
     cdef floating[:, ::1] hv
     cdef int32_t[:, ::1] hp32
     cdef int64_t[:, ::1] hp64
@@ -445,12 +448,15 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
     if separable:  # per-thread scratch for the row results of a band of about 8192 windows
         Wh = W // sw if W % sw == 0 and W // sw >= Wo else Wo
         band = min(Ho, max(1, (8192 // Wh - kh) // sh + 1))
+        if sh > kh:
+            band = 1  # rows between windows: bands of one output row skip them
+        rows = min(H, (band - 1) * sh + kh)  # input rows under a band (kh may exceed H)
         if floating is float:
-            hv = np.empty((num_threads, ((band - 1) * sh + kh) * Wh), dtype=np.float32)
-            hp32 = np.empty((num_threads, hv.shape[1]), dtype=np.int32)
+            hv = np.empty((num_threads, rows * Wh), dtype=np.float32)
+            hp32 = np.empty((num_threads, rows * Wh), dtype=np.int32)
         else:
-            hv = np.empty((num_threads, ((band - 1) * sh + kh) * Wh), dtype=np.float64)
-            hp64 = np.empty((num_threads, hv.shape[1]), dtype=np.int64)
+            hv = np.empty((num_threads, rows * Wh), dtype=np.float64)
+            hp64 = np.empty((num_threads, rows * Wh), dtype=np.int64)
     with nogil:
         for t in prange(planes, schedule='static', num_threads=num_threads):
             if fast:
@@ -475,12 +481,13 @@ def max_pool2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int64
 
 cdef bint _unpool_plane_2x2(const floating* g, const int64_t* ix, floating* gx,
                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
-    # Backward when the outputs tile the plane in 2x2 blocks (2x2 stride-2 pooling without
-    # padding) and H*W fits in int32: if every index lies in its own block, each block receives
-    # one gradient and every element of gx is written exactly once, zeros included, in contiguous
-    # row streams. Returns False, with gx partly written, after the first row holding an index
-    # outside its block; the caller then redoes the plane with _scatter_plane. A scatter-add into
-    # zeros stores 0 + g, which turns -0.0 into +0.0, so the same sum is written here.
+    # Backward when the outputs tile the plane in 2x2 blocks (Ho = H // 2, Wo = W // 2: 2x2
+    # stride-2 pooling) and H*W fits in int32: if every index lies in its own block, each block
+    # receives one gradient and every element of gx is written exactly once, zeros included, in
+    # contiguous row streams. Returns False, with gx partly written, after the first row holding
+    # an index outside its block; the caller then clears the plane and scatters (_scatter_plane).
+    # A scatter-add into zeros stores 0 + g, which turns -0.0 into +0.0, so the same sum is
+    # written here.
     # An index i is its block's start q plus d in {0, 1, W, W+1} exactly when its high 32 bits
     # are 0 and its low 32 bits minus q are d (mod 2**32, as q + d < 2**31): 32-bit lanes, which
     # SSE2 vectorizes, where 64-bit comparisons would not.
@@ -519,12 +526,13 @@ cdef bint _unpool_plane_2x2(const floating* g, const int64_t* ix, floating* gx,
 
 
 cdef Py_ssize_t _scatter_plane(const floating* g, const int64_t* ix, floating* gx,
-                               Py_ssize_t P, Py_ssize_t HW) noexcept nogil:
-    # Zero the plane (it is then in cache) and add every gradient at its index; an index outside
-    # [0, HW) is counted and skipped.
+                               Py_ssize_t P, Py_ssize_t HW, bint clear) noexcept nogil:
+    # Add every gradient at its index into the plane, first zeroed here when `clear` (a small plane
+    # is then in cache for the scatter); an index outside [0, HW) is counted and skipped.
     cdef Py_ssize_t p, bad = 0
     cdef int64_t j
-    memset(gx, 0, HW * sizeof(floating))
+    if clear:
+        memset(gx, 0, HW * sizeof(floating))
     for p in range(P):
         j = ix[p]
         if <uint64_t>j >= <uint64_t>HW:
@@ -535,26 +543,29 @@ cdef Py_ssize_t _scatter_plane(const floating* g, const int64_t* ix, floating* g
 
 
 def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
-                        floating[:, ::1] gx, int num_threads=1, Py_ssize_t W=0, Py_ssize_t Wo=0):
+                        floating[:, ::1] gx, int num_threads=1, Py_ssize_t W=0, Py_ssize_t Wo=0,
+                        bint zeroed=False):
     """Write into gx (planes, H*W) the scatter-add of gy (planes, Ho*Wo) at idx over zeros.
 
-    gx's previous contents are ignored. ``W`` and ``Wo``, the row lengths of the input and output
-    planes, are optional: with them, planes whose indices all lie in their own 2x2 block (2x2
-    stride-2 pooling) take a dense path. Returns the number of indices outside [0, H*W); those
-    are skipped, never written.
+    gx's previous contents are ignored, unless ``zeroed`` says it already holds zeros (a calloc'd
+    array stays untouched where no gradient lands). ``W`` and ``Wo``, the row lengths of the input
+    and output planes, are optional: with them, planes whose indices all lie in their own 2x2
+    block (2x2 stride-2 pooling) are written densely, zeros included. Returns the number of indices
+    outside [0, H*W); those are skipped, never written.
     """
     cdef Py_ssize_t planes = gy.shape[0], P = gy.shape[1], HW = gx.shape[1]
     cdef Py_ssize_t t, bad = 0, H = 0, Ho = 0
     cdef bint blocks = False
-    if planes == 0 or HW == 0:
+    if planes == 0:
         return 0
     if W > 0 and Wo > 0 and HW % W == 0 and P % Wo == 0:
         H, Ho = HW // W, P // Wo
-        blocks = Ho > 0 and 2 * Ho <= H and 2 * Wo <= W and HW <= INT32_MAX
+        blocks = Ho > 0 and Ho == H // 2 and Wo == W // 2 and HW <= INT32_MAX
     with nogil:
         for t in prange(planes, schedule='static', num_threads=num_threads):
             if not (blocks and _unpool_plane_2x2(&gy[t, 0], &idx[t, 0], &gx[t, 0], H, W, Ho, Wo)):
-                bad += _scatter_plane(&gy[t, 0], &idx[t, 0], &gx[t, 0], P, HW)
+                # a plane the dense path gave up on holds part of its writes: cleared in any case
+                bad += _scatter_plane(&gy[t, 0], &idx[t, 0], &gx[t, 0], P, HW, blocks or not zeroed)
     return bad
 
 
