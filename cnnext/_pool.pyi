@@ -30,10 +30,17 @@ def max_pool2d_backward(
     idx: NDArray[np.int64],
     gx: NDArray[_F],
     num_threads: int = 1,
+    W: int = 0,
+    Wo: int = 0,
+    zeroed: bool = False,
 ) -> int:
-    """Scatter-add gy (planes, Ho*Wo) into the zeroed gx (planes, H*W) at idx.
+    """Write into gx (planes, H*W) the scatter-add of gy (planes, Ho*Wo) at idx over zeros.
 
-    Returns the number of indices outside [0, H*W); those are skipped, never written.
+    gx's previous contents are ignored, unless ``zeroed`` says it already holds zeros (a calloc'd
+    array stays untouched where no gradient lands). ``W`` and ``Wo``, the row lengths of the input
+    and output planes, are optional: with them, planes whose indices all lie in their own 2x2
+    block (2x2 stride-2 pooling) are written densely, zeros included. Returns the number of indices
+    outside [0, H*W); those are skipped, never written.
     """
 
 def avg_pool2d_forward(
