@@ -351,3 +351,30 @@ def test_results_do_not_depend_on_threads(monkeypatch, algorithm, min_work):
         for got, want in zip(results[n], results[1]):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.usefixtures("restore_config")
+def test_pooling_follows_the_small_work_rule(monkeypatch):
+    """max/avg pooling pick their thread count with threads_for too: one thread for a LeNet-sized
+    single sample, get_num_threads() for a batch."""
+    from cnnext import _pool
+    from cnnext.functional import pooling
+    monkeypatch.setitem(_config._state, "min_parallel_work", _config._MIN_PARALLEL_WORK)
+    cnnext.set_num_threads(2)
+    seen = []
+    # position of num_threads in each kernel's arguments (cnnext/_pool.pyi)
+    for name, pos in (("max_pool2d_forward", 11), ("max_pool2d_backward", 3),
+                      ("avg_pool2d_forward", 9), ("avg_pool2d_backward", 9)):
+        def spy(*args, _real=getattr(_pool, name), _pos=pos, **kwargs):
+            seen.append(args[_pos])
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(pooling._pool, name, spy)
+    small = np.ones((6, 24, 24))
+    big = np.ones((8, 16, 32, 32))
+    for x in (small, big):
+        seen.clear()
+        y, idx = F.max_pool2d(x, 2, return_indices=True)
+        F.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+        a = F.avg_pool2d(x, 2)
+        F.avg_pool2d_backward(np.ones_like(a), x.shape, 2)
+        assert seen == ([1] * 4 if x is small else [2] * 4), seen

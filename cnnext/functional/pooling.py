@@ -6,7 +6,7 @@ is a scatter-add through them, so overlapping windows accumulate. All loops run 
 import numpy as np
 
 from cnnext import _pool
-from cnnext._config import get_num_threads
+from cnnext._config import threads_for
 from cnnext._validation import (
     as_float_array,
     check_bool,
@@ -60,7 +60,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     planes = g.N * g.C
     _pool.max_pool2d_forward(x.reshape(planes, g.H, g.W), y.reshape(planes, g.Ho, g.Wo),
                              idx.reshape(planes, g.Ho, g.Wo), g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
-                             g.dh, g.dw, get_num_threads())
+                             g.dh, g.dw, threads_for(x.size))
     if unbatched:
         y, idx = y[0], idx[0]
     return (y, idx) if return_indices else y
@@ -108,7 +108,7 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     dense = (Ho == H // 2 and Wo == W // 2) or H * W * gy.itemsize <= _CLEAR_IN_CACHE_BYTES
     gx = (np.empty if dense else np.zeros)(shape, dtype=gy.dtype)
     bad = _pool.max_pool2d_backward(gy.reshape(planes, P), idx.reshape(planes, P),
-                                    gx.reshape(planes, H * W), get_num_threads(), W, Wo,
+                                    gx.reshape(planes, H * W), threads_for(gx.size), W, Wo,
                                     zeroed=not dense)
     if bad:
         raise ValueError(
@@ -145,7 +145,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     planes = g.N * g.C
     _pool.avg_pool2d_forward(x.reshape(planes, g.H, g.W), y.reshape(planes, g.Ho, g.Wo),
                              g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, bool(count_include_pad),
-                             get_num_threads())
+                             threads_for(x.size))
     return y[0] if unbatched else y
 
 
@@ -175,5 +175,5 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     gx = np.zeros(shape, dtype=gy.dtype)
     _pool.avg_pool2d_backward(gy.reshape(planes, g.Ho, g.Wo), gx.reshape(planes, g.H, g.W),
                               g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, bool(count_include_pad),
-                              get_num_threads())
+                              threads_for(gx.size))
     return gx[0] if unbatched else gx
