@@ -33,8 +33,16 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+# Fairness between contenders that take turns on the same cores: numpy's OpenBLAS keeps its idle
+# threads spinning for up to 2**28 cycles after every GEMM (cnnext's, the numpy contender's), and
+# they slowed the PyTorch call timed next by up to 2.8x (measured: torch strided fwd+bwd 63 ms
+# alone, 139 ms right after a numpy GEMM). With this, they sleep at once. OpenBLAS reads it when
+# numpy loads it, so it is set before importing numpy; a value given by the user is kept. (PyTorch's
+# OpenMP threads get OMP_WAIT_POLICY=PASSIVE from cnnext, imported first: see below.)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEARN_DL = REPO_ROOT.parent / "shared" / "reference" / "learn_dl_cnn.py"
@@ -825,7 +833,8 @@ def header(args, torch_note, learn_dl_note):
         f"{usable} usable; {platform.system()} {platform.release()}",
         f"- load average at start: {', '.join(f'{v:.2f}' for v in la) if la else 'n/a'}",
         f"- Python {platform.python_version()}, numpy {np.__version__} "
-        f"(BLAS: {_blas_info() or cfg.get('blas', 'unknown')})",
+        f"(BLAS: {_blas_info() or cfg.get('blas', 'unknown')}; OPENBLAS_THREAD_TIMEOUT="
+        f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset: idle BLAS threads spin')})",
         f"- PyTorch: {torch.__version__ if torch is not None else torch_note}"
         + (f" (oneDNN: {'yes' if torch.backends.mkldnn.is_available() else 'no'})" if torch is not None else ""),
         f"- cnnext {cfg['version']} from {Path(cnnext.__file__).parent}: OpenMP "

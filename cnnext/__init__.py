@@ -19,6 +19,16 @@ import os as _os
 # with that library's policy; _config then notices it and makes the kernels serial by default.
 _user_wait_policy = _os.environ.get("OMP_WAIT_POLICY")
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The other way round: numpy's OpenBLAS keeps its idle threads spinning (up to 2**28 cycles) after
+# every GEMM, and they take the cores the kernels' next parallel region needs (measured: 2-thread
+# Winograd transforms ran no faster than 1-thread ones; with idle BLAS threads sleeping, 1.7x).
+# OpenBLAS reads OPENBLAS_THREAD_TIMEOUT (2**n cycles) when numpy loads it, so this only helps when
+# cnnext is imported before numpy; show_config tells which happened.
+import sys as _sys  # noqa: E402
+
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+_blas_thread_timeout = _os.environ.get("OPENBLAS_THREAD_TIMEOUT")  # as numpy's OpenBLAS read it
 
 from cnnext import _runtime  # noqa: E402
 
@@ -94,7 +104,7 @@ def show_config(mode="stdout"):
     -------
     dict or None
         With ``mode='dicts'``: version, openmp (compiled in or not), num_threads, workspace_bytes,
-        numpy version and numpy's BLAS.
+        numpy version, numpy's BLAS and the OPENBLAS_THREAD_TIMEOUT it was loaded with.
     """
     import numpy as np
 
@@ -116,6 +126,8 @@ def show_config(mode="stdout"):
         "workspace_bytes": get_workspace_limit(),
         "numpy": np.__version__,
         "blas": blas,
+        # OPENBLAS_THREAD_TIMEOUT when numpy loaded OpenBLAS (None: its default, idle threads spin)
+        "blas_thread_timeout": _blas_thread_timeout,
     }
     if mode == "dicts":
         return cfg
@@ -131,4 +143,8 @@ def show_config(mode="stdout"):
         print("               set OMP_WAIT_POLICY=PASSIVE before starting Python, to use every core")
     print(f"  workspace:   {cfg['workspace_bytes'] // 2**20} MiB per convolution call")
     print(f"  numpy:       {cfg['numpy']} (BLAS: {cfg['blas']})")
+    if cfg["blas_thread_timeout"] is None:
+        print("  note:        numpy was imported before cnnext: OpenBLAS's idle threads spin after each")
+        print("               GEMM and slow the kernels' threads; import cnnext first, or set")
+        print("               OPENBLAS_THREAD_TIMEOUT=4 before starting Python")
     return None

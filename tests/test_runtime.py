@@ -55,3 +55,34 @@ def test_loaded_runtimes_lists_paths():
         import sys
         if sys.platform.startswith("linux"):
             assert found, "the kernels are built with OpenMP, so a runtime must be mapped"
+
+
+def _fresh_python(code, **env):
+    import os
+    import subprocess
+    import sys
+    full = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    full.update(env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
+    full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+REPORT = ("import os, cnnext; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), "
+          "cnnext.show_config(mode='dicts')['blas_thread_timeout'])")
+
+
+def test_cnnext_first_makes_idle_blas_threads_sleep():
+    assert _fresh_python(REPORT) == "4 4"
+
+
+def test_numpy_first_is_reported_not_changed():
+    assert _fresh_python("import numpy; " + REPORT) == "None None"
+    assert "OPENBLAS_THREAD_TIMEOUT=4" in _fresh_python("import numpy, cnnext; cnnext.show_config()")
+
+
+def test_users_blas_thread_timeout_is_kept():
+    assert _fresh_python(REPORT, OPENBLAS_THREAD_TIMEOUT="12") == "12 12"
