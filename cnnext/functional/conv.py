@@ -7,7 +7,7 @@ batched matmul over the groups (no Python loop over groups).
 """
 import numpy as np
 
-from cnnext import _direct, _im2col, _winograd
+from cnnext import _direct, _im2col, _parallel, _winograd
 from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._validation import as_float_array, check_conv2d, check_shape
 
@@ -247,13 +247,12 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
 # 0.90 / 1.12, 16x16 0.64 / 0.74; 32 channels 8x8 0.69 / 0.97; 64 channels 8x8 0.81 / 0.92, 32x32
 # 0.45 / 0.40; slower (1.0-2.2) on 4x4 and 6x6 outputs and below 32 channels on 8x8.
 _WINOGRAD_AUTO = ((16, 8), (8, 32))
-# Target size of one chunk's transformed input V plus GEMM output M. Measured (one thread, CPU
-# time of forward / grad_weight in ms, chunk = samples per chunk): cifar (32->64, 32x32) chunk 2:
-# 60/70, 4: 53/92, 6: 47/49, 8: 46/48, 16: 52/60; deep (128->128, 16x16) chunk 2: 46/56,
-# 4: 50/48, 8: 47/48, 12: 43/46, 16: 55/63. OpenBLAS runs the grad_weight GEMMs (inner dimension
-# = the chunk's tile count) erratically slower at some sizes (cifar's 256 tiles), whatever their
-# leading dimension; 7 MiB gives chunks of 8 (cifar) and 12 (deep).
-_WINOGRAD_CACHE_TARGET_BYTES = 7 * 2**20
+# Target size of one chunk's transformed input V plus GEMM output M. Each of the threads that share
+# the chunks (cnnext/_parallel.py) holds one. Measured on the 2-core dev machine at 2 threads,
+# fwd+bwd / PyTorch's in the same run: cifar 1-2 MiB 0.63-0.70, 4 MiB 0.81-0.89, 7 MiB 0.76-0.92;
+# deep 0.78-0.95 at every size (OpenBLAS runs the grad_weight GEMMs, whose inner dimension is the
+# chunk's tile count, erratically slower at some sizes, e.g. cifar's 256 tiles).
+_WINOGRAD_CACHE_TARGET_BYTES = 2 * 2**20
 # G of F(4x4, 3x3): U = G g G^T transforms a 3x3 filter, grad_weight = G^T dU G.
 _WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
@@ -266,13 +265,14 @@ def _winograd_eligible(g):
 
 def _winograd_chunks(N, C, K, Ho, Wo, dtype):
     """(tiles per sample, row pitch, [(first sample, samples), ...]) of the batch's chunks; the
-    pitch (the leading dimension BLAS sees) is a whole chunk's tile count."""
+    pitch (the leading dimension BLAS sees) is a whole chunk's tile count. At least 4 chunks when
+    the batch allows, so that threads can share them; the chunks never depend on the thread count
+    (grad_weight sums over them, in their order)."""
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
     budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
-    chunk = int(max(1, min(N, budget)))
-    ld = chunk * tiles
-    return tiles, ld, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+    chunk = int(max(1, min(-(-N // 4), budget)))
+    return tiles, chunk * tiles, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
 
 
 def _winograd_buffer(rows, ld, dtype):
@@ -284,6 +284,11 @@ def _winograd_buffer(rows, ld, dtype):
     item = dtype.itemsize
     cols = rows * ld
     return np.empty((36, cols + ((64 - cols * item) % 4096) // item), dtype=dtype)
+
+
+def _winograd_workspace(C, K, ld, dtype):
+    """One thread's buffers for a chunk's transformed input (C rows) and products (K rows)."""
+    return _winograd_buffer(C, ld, dtype), _winograd_buffer(K, ld, dtype)
 
 
 def _as_gemm(buf, rows, ld, T):
@@ -300,33 +305,44 @@ def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
     u = _WINOGRAD_G @ weight.astype(np.float64) @ _WINOGRAD_G.T
     u = np.ascontiguousarray(u.reshape(K, C, 36).transpose(2, 0, 1), dtype=dtype)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
-    vbuf = _winograd_buffer(C, ld, dtype)
-    mbuf = _winograd_buffer(K, ld, dtype)
-    for n0, nc in chunks:
-        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
-        np.matmul(u, _as_gemm(vbuf, C, ld, nc * tiles), out=_as_gemm(mbuf, K, ld, nc * tiles))
-        _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, nt)
+
+    def job(ws, i, threads):
+        vbuf, mbuf = ws
+        n0, nc = chunks[i]
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, threads)
+        _parallel.matmul(u, _as_gemm(vbuf, C, ld, nc * tiles), _as_gemm(mbuf, K, ld, nc * tiles),
+                         threads)
+        _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, threads)
+
+    for _ in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
+                                  36 * (C + K) * ld * dtype.itemsize):
+        pass
 
 
 def _winograd_grad_weight(x, gy, pt, pl, nt):
     """grad_weight (K, C, 3, 3) of y = conv2d(x, weight), 3x3 stride 1, top/left padding pt, pl:
     dU[e] = sum over tiles of dM[e] @ V[e]^T (V: x's input transform, dM: gy's adjoint output
-    transform), then grad_weight = G^T dU G."""
+    transform), then grad_weight = G^T dU G. The chunks' dU are summed in chunk order."""
     N, C = x.shape[:2]
     K, Ho, Wo = gy.shape[1:]
     dtype = x.dtype
-    du = np.empty((36, K, C), dtype=dtype)
-    tmp = np.empty_like(du)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
-    vbuf = _winograd_buffer(C, ld, dtype)
-    mbuf = _winograd_buffer(K, ld, dtype)
-    for n0, nc in chunks:
-        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, nt)
-        _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, nt)
+
+    def job(ws, i, threads):
+        vbuf, mbuf = ws
+        n0, nc = chunks[i]
+        _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, threads)
+        _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, threads)
         T = nc * tiles
-        np.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
-                  out=du if n0 == 0 else tmp)
-        if n0 > 0:
-            du += tmp
+        return _parallel.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
+                                np.empty((36, K, C), dtype=dtype), threads)
+
+    du = None
+    for part in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
+                                     36 * (C + K) * ld * dtype.itemsize):
+        if du is None:
+            du = part
+        else:
+            du += part
     du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
     return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)

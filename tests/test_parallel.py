@@ -1,0 +1,171 @@
+"""Chunk-level parallelism (cnnext/_parallel.py): numpy's BLAS kept single-threaded and restored,
+chunks spread over Python threads, results bitwise identical for every thread count."""
+import threading
+
+import numpy as np
+import pytest
+
+import cnnext
+import cnnext.functional as F
+from cnnext import _parallel
+from cnnext.functional import conv
+import naive_oracle as oracle
+from naive_oracle import assert_close
+
+needs_control = pytest.mark.skipif(not _parallel.blas_control_available(),
+                                   reason="numpy's BLAS is not the bundled OpenBLAS")
+
+
+def blas_threads():
+    return _parallel._blas_functions()[0]()
+
+
+def data(N=9, C=5, S=10, K=6, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, S, S)).astype(dtype)
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    gy = rng.standard_normal((N, K, S, S)).astype(dtype)
+    return x, w, b, gy
+
+
+def conv_pass(x, w, b, gy):
+    return (F.conv2d(x, w, b, padding=1),) + F.conv2d_backward(gy, x, w, padding=1)
+
+
+def winograd_pass(x, w, b, gy):
+    with cnnext.force_conv_algorithm("winograd"):
+        return conv_pass(x, w, b, gy)
+
+
+@pytest.fixture
+def many_chunks(monkeypatch, restore_config):
+    """Chunks of one sample, so a 9-sample batch is 9 chunks for the threads to share."""
+    monkeypatch.setattr(conv, "_WINOGRAD_CACHE_TARGET_BYTES", 1)
+
+
+@pytest.mark.usefixtures("many_chunks")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_chunks_over_threads_bitwise_identical_and_correct(dtype):
+    x, w, b, gy = data(dtype=dtype)
+    results = {}
+    for n in (1, 2, 3, 4):
+        cnnext.set_num_threads(n)
+        results[n] = winograd_pass(x, w, b, gy)
+    for n in (2, 3, 4):
+        for got, want in zip(results[n], results[1]):
+            np.testing.assert_array_equal(got, want)  # grad_weight sums the chunks in order
+    assert_close(results[2][0], oracle.conv2d(x, w, b, padding=1))
+    for got, want in zip(results[2][1:], oracle.conv2d_backward(gy, x, w, padding=1)):
+        assert_close(got, want)
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks")
+def test_blas_is_single_threaded_inside_and_restored_after(monkeypatch):
+    cnnext.set_num_threads(2)
+    before = blas_threads()
+    seen = []
+    real = conv._winograd.output_transform
+    monkeypatch.setattr(conv._winograd, "output_transform",
+                        lambda *a: seen.append((blas_threads(), threading.current_thread().name))
+                        or real(*a))
+    winograd_pass(*data())
+    assert blas_threads() == before
+    assert {t for t, _ in seen} == {1}
+    assert any(name.startswith("cnnext") for _, name in seen)  # the chunks ran on worker threads
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks")
+def test_blas_restored_after_an_error_in_a_chunk(monkeypatch):
+    cnnext.set_num_threads(2)
+    before = blas_threads()
+    calls = []
+
+    def fail(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("chunk failed")
+        return real(*a)
+    real = conv._winograd.input_transform
+    monkeypatch.setattr(conv._winograd, "input_transform", fail)
+    x, w, b, _ = data()
+    with cnnext.force_conv_algorithm("winograd"), pytest.raises(RuntimeError, match="chunk failed"):
+        F.conv2d(x, w, b, padding=1)
+    assert blas_threads() == before
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks")
+def test_overlapping_calls_from_threads_restore_blas_once():
+    """Calls overlapping in several Python threads each set BLAS to one thread; it is put back
+    after the last one, and every call's result equals a serial call's. (The algorithm is forced
+    once, outside the threads: force_conv_algorithm is process-wide.)"""
+    cnnext.set_num_threads(2)
+    before = blas_threads()
+    inputs = [data(seed=s) for s in range(4)]
+    got = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def run(i):
+        barrier.wait()
+        for _ in range(3):
+            got[i] = conv_pass(*inputs[i])
+    with cnnext.force_conv_algorithm("winograd"):
+        want = [conv_pass(*d) for d in inputs]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert blas_threads() == before
+    for g, w_ in zip(got, want):
+        for a, c in zip(g, w_):
+            np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.usefixtures("many_chunks")
+def test_without_blas_control_results_are_the_same(monkeypatch):
+    """With a BLAS cnnext cannot control, chunks run one after the other (kernels still use their
+    OpenMP threads) and give the same results."""
+    cnnext.set_num_threads(2)
+    x, w, b, gy = data()
+    want = winograd_pass(x, w, b, gy)
+    monkeypatch.setattr(_parallel, "_functions", None)
+    assert not _parallel.blas_control_available()
+    got = winograd_pass(x, w, b, gy)
+    for a, c in zip(got, want):
+        assert_close(a, c)
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks")
+def test_workspace_limit_bounds_the_worker_threads(monkeypatch):
+    """Each worker holds one chunk's workspace: with room for one, the chunks run serially."""
+    cnnext.set_num_threads(4)
+    names = set()
+    real = conv._winograd.input_transform
+    monkeypatch.setattr(conv._winograd, "input_transform",
+                        lambda *a: names.add(threading.current_thread().name) or real(*a))
+    x, w, b, gy = data()
+    tiles, ld, _ = conv._winograd_chunks(9, 5, 6, 10, 10, x.dtype)
+    cnnext.set_workspace_limit(36 * (5 + 6) * ld * x.itemsize)
+    winograd_pass(x, w, b, gy)
+    assert names == {threading.current_thread().name}
+    names.clear()
+    cnnext.set_workspace_limit(2**30)
+    winograd_pass(x, w, b, gy)
+    assert len(names) > 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_split_matmul_equals_numpy(threads):
+    rng = np.random.default_rng(threads)
+    a = rng.standard_normal((7, 4, 5))
+    b = rng.standard_normal((7, 5, 3))
+    out = np.empty((7, 4, 3))
+    with _parallel.single_threaded_blas():
+        _parallel.matmul(a, b, out, threads)
+        want = np.matmul(a, b)
+    np.testing.assert_array_equal(out, want)
