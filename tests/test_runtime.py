@@ -65,8 +65,12 @@ def _fresh_python(code, **env):
     full.update(env)
     root = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
     full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
-                         timeout=120)
+    # cwd: not the checkout, whose uncompiled cnnext/ would shadow the one under test ("-c" puts
+    # the working directory first on sys.path)
+    import tempfile
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                             timeout=120, cwd=cwd)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
