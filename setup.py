@@ -25,6 +25,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers", "_winograd"]
+# C headers an extension includes (rebuilt when they change; shipped in the sdist by MANIFEST.in)
+DEPENDS = {"_winograd": ["cnnext/_tile_gemm.h"]}
 
 
 def _flag(name, default):
@@ -102,6 +104,7 @@ def _extensions():
             define_macros=macros,
             extra_compile_args=extra_compile,
             extra_link_args=list(omp_link),
+            depends=DEPENDS.get(name, []),
         )
         for name in EXTENSIONS
     ]

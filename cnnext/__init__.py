@@ -103,12 +103,13 @@ def show_config(mode="stdout"):
     Returns
     -------
     dict or None
-        With ``mode='dicts'``: version, openmp (compiled in or not), num_threads, workspace_bytes,
-        numpy version, numpy's BLAS and the OPENBLAS_THREAD_TIMEOUT it was loaded with.
+        With ``mode='dicts'``: version, openmp (compiled in or not), winograd_gemm ('avx2' or
+        'blas'), num_threads, workspace_bytes, numpy version, numpy's BLAS and the OPENBLAS_THREAD_TIMEOUT it was loaded with.
     """
     import numpy as np
 
     from cnnext._openmp_helpers import openmp_enabled
+    from cnnext._winograd import tile_gemm_level
 
     blas = "unknown"
     try:
@@ -120,6 +121,8 @@ def show_config(mode="stdout"):
     cfg = {
         "version": __version__,
         "openmp": bool(openmp_enabled()),
+        # Winograd's GEMMs: 'avx2' (cnnext's AVX2+FMA kernels) or 'blas' (numpy's BLAS)
+        "winograd_gemm": "avx2" if tile_gemm_level() == 2 else "blas",
         "openmp_shared_with": _config._state["shared_runtime"],
         "serial_by_default": _config._state["serial_by_default"],
         "num_threads": get_num_threads(),
@@ -142,6 +145,8 @@ def show_config(mode="stdout"):
         print("               it spins when idle, so the kernels default to 1 thread; import cnnext first, or")
         print("               set OMP_WAIT_POLICY=PASSIVE before starting Python, to use every core")
     print(f"  workspace:   {cfg['workspace_bytes'] // 2**20} MiB per convolution call")
+    gemm = "cnnext's AVX2+FMA kernels" if cfg["winograd_gemm"] == "avx2" else "numpy's BLAS (no AVX2)"
+    print(f"  Winograd:    GEMMs in {gemm}")
     print(f"  numpy:       {cfg['numpy']} (BLAS: {cfg['blas']})")
     if cfg["blas_thread_timeout"] is None:
         print("  note:        numpy was imported before cnnext: OpenBLAS's idle threads spin after each")

@@ -50,3 +50,36 @@ def output_grad_transform(
 ) -> None:
     """Write the transformed grad_output tiles of samples gy[n0:n0+nc] (N, K, Ho, Wo) into dm:
     element (e, k, t) at dm[e, k*ld + t]."""
+
+TILE_GEMM_MR: int
+TILE_GEMM_PAD: int
+
+def tile_gemm_level() -> int:
+    """2 when the tile GEMMs run the AVX2+FMA kernels, 1 for the baseline-ISA vector kernels, 0
+    for plain loops (a compiler without vector extensions)."""
+
+def tile_gemm(
+    up: NDArray[_F],
+    v: NDArray[_F],
+    m: NDArray[_F],
+    K: int,
+    T: int,
+    ld: int,
+    num_threads: int = 1,
+) -> None:
+    """M[e] = U[e] @ V[e] for the 36 transform elements: m[e, k*ld + t] = sum over c of
+    U[e, k, c] * v[e, c*ld + t], for k < K, t < T. ``up`` holds U packed by blocks of
+    TILE_GEMM_MR rows, up[e, kb, c, r] = U[e, kb*MR + r, c] (zero past K); the rows of v are
+    read up to T rounded up to TILE_GEMM_PAD, which must not exceed ld."""
+
+def tile_gemm_grad(
+    dm: NDArray[_F],
+    v: NDArray[_F],
+    du: NDArray[_F],
+    T: int,
+    ld: int,
+    num_threads: int = 1,
+) -> None:
+    """dU[e] = dM[e] @ V[e]^T for the 36 transform elements: du[e, k, c] = sum over t < T of
+    dm[e, k*ld + t] * v[e, c*ld + t], with du of shape (E, K, C); the sum runs over t in
+    order. Each thread packs its element's dM by row blocks and transposes V into a buffer."""

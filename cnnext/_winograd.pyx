@@ -14,10 +14,10 @@
 #           [0  4  0 -5  0  1]        [ 0     0     1   ]
 #
 # so 36 multiplies give 16 outputs where the direct sum needs 144. The sum over channels of the 36
-# elementwise products is 36 independent GEMMs, done by numpy/BLAS as ONE batched matmul
-# M(36, K, T) = U(36, K, C) @ V(36, C, T) in cnnext/functional/conv.py, which also transforms the
-# weights (U = G g G^T, a small numpy computation in float64). This module holds the data
-# transforms, for a chunk of `nc` samples starting at sample `n0`, with T = nc * tiles_h * tiles_w
+# elementwise products is 36 independent GEMMs M(36, K, T) = U(36, K, C) @ V(36, C, T): `tile_gemm`
+# here (register-blocked kernels in _tile_gemm.h, the weights packed once per call) where the CPU
+# has AVX2+FMA, else one batched numpy matmul; cnnext/functional/conv.py picks, and transforms the
+# weights (U = G g G^T, one float64 GEMM). This module holds the data transforms, for a chunk of `nc` samples starting at sample `n0`, with T = nc * tiles_h * tiles_w
 # tiles numbered (sample, tile row, tile column) and transform element e = 6*i + j:
 #
 #   input_transform        V[e, c, t] = (B^T d B)[i, j], prange over (sample, channel) planes.
@@ -29,7 +29,8 @@
 #                          Ho/Wo is not a multiple of 4: only the in-range outputs are written.
 #   output_grad_transform  dM[e, k, t] = (A dy A^T)[i, j] of each 4x4 tile of grad_output (zero
 #                          outside it), the adjoint of output_transform, for the weight gradient:
-#                          dU(36, K, C) = dM @ V^T and grad_weight = G^T dU G (in conv.py).
+#                          dU(36, K, C) = dM @ V^T (`tile_gemm_grad`) and grad_weight = G^T dU G
+#                          (in conv.py).
 #
 # grad_input of a stride-1 3x3 convolution is itself such a convolution (of grad_output, with the
 # weights rotated 180 degrees and their channel axes swapped, padded by 2 - p), so the forward
@@ -45,6 +46,25 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from cnnext._openmp_helpers cimport omp_get_thread_num
+
+
+cdef extern from "_tile_gemm.h" nogil:
+    enum:
+        CNNEXT_MR
+        CNNEXT_NR_MAX
+    int cnnext_tile_gemm_level
+    int cnnext_tile_gemm_init()
+    void cnnext_kernel_f32(const float* ap, const float* b, float* c, Py_ssize_t M,
+                           Py_ssize_t L, Py_ssize_t ncols, Py_ssize_t ldb, Py_ssize_t ldc)
+    void cnnext_kernel_f64(const double* ap, const double* b, double* c, Py_ssize_t M,
+                           Py_ssize_t L, Py_ssize_t ncols, Py_ssize_t ldb, Py_ssize_t ldc)
+
+cnnext_tile_gemm_init()  # pick the AVX2 or baseline kernels once, at import
+
+# Rows of the packed weights per block, and the padding (elements) every row read by tile_gemm
+# needs past the tile count: see _tile_gemm.h.
+TILE_GEMM_MR = CNNEXT_MR
+TILE_GEMM_PAD = CNNEXT_NR_MAX
 
 
 cdef inline void copy_rows(const floating* plane, floating* buf, Py_ssize_t rows,
@@ -352,5 +372,91 @@ def output_grad_transform(const floating[:, :, :, ::1] gy, floating[:, ::1] dm,
                 k = u % K
                 output_grad_transform_plane(&gy[n0 + n, k, 0, 0], &dm[0, k * ld + n * per], dm.shape[1],
                                             Ho, Wo, th, tw, scratch + omp_get_thread_num() * width)
+    finally:
+        free(scratch)
+
+
+def tile_gemm_level():
+    """2 when the tile GEMMs run the AVX2+FMA kernels, 1 for the baseline-ISA vector kernels, 0
+    for plain loops (a compiler without vector extensions)."""
+    return cnnext_tile_gemm_level
+
+
+cdef inline void kernel(const floating* ap, const floating* b, floating* c, Py_ssize_t M,
+                        Py_ssize_t L, Py_ssize_t ncols, Py_ssize_t ldb,
+                        Py_ssize_t ldc) noexcept nogil:
+    if floating is float:
+        cnnext_kernel_f32(ap, b, c, M, L, ncols, ldb, ldc)
+    else:
+        cnnext_kernel_f64(ap, b, c, M, L, ncols, ldb, ldc)
+
+
+cdef inline Py_ssize_t padded(Py_ssize_t n) noexcept nogil:
+    return (n + CNNEXT_NR_MAX - 1) // CNNEXT_NR_MAX * CNNEXT_NR_MAX
+
+
+def tile_gemm(const floating[:, :, :, ::1] up, const floating[:, ::1] v, floating[:, ::1] m,
+              Py_ssize_t K, Py_ssize_t T, Py_ssize_t ld, int num_threads=1):
+    """M[e] = U[e] @ V[e] for the 36 transform elements: m[e, k*ld + t] = sum over c of
+    U[e, k, c] * v[e, c*ld + t], for k < K, t < T. ``up`` holds U packed by blocks of
+    TILE_GEMM_MR rows, up[e, kb, c, r] = U[e, kb*MR + r, c] (zero past K); the rows of v are
+    read up to T rounded up to TILE_GEMM_PAD, which must not exceed ld."""
+    cdef Py_ssize_t E = up.shape[0], Kb = up.shape[1], C = up.shape[2]
+    cdef Py_ssize_t e
+    if up.shape[3] != CNNEXT_MR or Kb != (K + CNNEXT_MR - 1) // CNNEXT_MR or K < 0 or T < 0:
+        raise ValueError(f"tile_gemm: up must have shape (E, ceil(K/{CNNEXT_MR}), C, {CNNEXT_MR}) "
+                         f"for K={K}, got {(up.shape[0], up.shape[1], up.shape[2], up.shape[3])}")
+    if padded(T) > ld or v.shape[0] != E or m.shape[0] != E or v.shape[1] < C * ld \
+            or m.shape[1] < K * ld:
+        raise ValueError(f"tile_gemm: need ld >= {padded(T)}, v of shape ({E}, >= {C * ld}) and "
+                         f"m of shape ({E}, >= {K * ld}); got ld={ld}, v {(v.shape[0], v.shape[1])}, "
+                         f"m {(m.shape[0], m.shape[1])}")
+    if K == 0 or T == 0:
+        return
+    with nogil:
+        for e in prange(E, schedule='static', num_threads=num_threads):
+            kernel(&up[e, 0, 0, 0], &v[e, 0], &m[e, 0], K, C, T, ld, ld)
+
+
+def tile_gemm_grad(const floating[:, ::1] dm, const floating[:, ::1] v, floating[:, :, ::1] du,
+                   Py_ssize_t T, Py_ssize_t ld, int num_threads=1):
+    """dU[e] = dM[e] @ V[e]^T for the 36 transform elements: du[e, k, c] = sum over t < T of
+    dm[e, k*ld + t] * v[e, c*ld + t], with du of shape (E, K, C); the sum runs over t in
+    order. Each thread packs its element's dM by row blocks and transposes V into a buffer."""
+    cdef Py_ssize_t E = du.shape[0], K = du.shape[1], C = du.shape[2]
+    cdef Py_ssize_t Kb = (K + CNNEXT_MR - 1) // CNNEXT_MR, Cp = padded(C)
+    cdef Py_ssize_t width = Kb * CNNEXT_MR * T + T * Cp
+    cdef Py_ssize_t e, i, r, l, c, k
+    cdef floating* scratch
+    cdef floating* ap
+    cdef floating* bt
+    if T < 0 or T > ld or dm.shape[0] != E or v.shape[0] != E or dm.shape[1] < K * ld \
+            or v.shape[1] < C * ld:
+        raise ValueError(f"tile_gemm_grad: need 0 <= T <= ld, dm of shape ({E}, >= {K * ld}) and "
+                         f"v of shape ({E}, >= {C * ld}); got T={T}, ld={ld}, "
+                         f"dm {(dm.shape[0], dm.shape[1])}, v {(v.shape[0], v.shape[1])}")
+    if K == 0 or C == 0:
+        return
+    if T == 0:
+        du[:, :, :] = 0
+        return
+    scratch = <floating*> thread_scratch(num_threads * width * sizeof(floating), "tile_gemm_grad")
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            ap = scratch + omp_get_thread_num() * width
+            bt = ap + Kb * CNNEXT_MR * T
+            for e in prange(E, schedule='static'):
+                for i in range(Kb):
+                    for r in range(CNNEXT_MR):
+                        k = i * CNNEXT_MR + r
+                        for l in range(T):
+                            ap[(i * T + l) * CNNEXT_MR + r] = dm[e, k * ld + l] if k < K else 0
+                for c in range(C):
+                    for l in range(T):
+                        bt[l * Cp + c] = v[e, c * ld + l]
+                for c in range(C, Cp):
+                    for l in range(T):
+                        bt[l * Cp + c] = 0
+                kernel(ap, bt, &du[e, 0, 0], K, T, C, Cp, C)
     finally:
         free(scratch)

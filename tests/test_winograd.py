@@ -18,6 +18,14 @@ import naive_oracle as oracle
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(autouse=True, params=["tile_gemm", "blas"])
+def gemm_path(request, monkeypatch):
+    """Every test here runs twice: with the 36 GEMMs in cnnext's tile_gemm kernels (what AVX2
+    machines use) and in numpy's BLAS (what the others use)."""
+    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", request.param == "tile_gemm")
+    return request.param
 dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
 
 

@@ -256,6 +256,16 @@ _WINOGRAD_CACHE_TARGET_BYTES = 2 * 2**20
 # G of F(4x4, 3x3): U = G g G^T transforms a 3x3 filter, grad_weight = G^T dU G.
 _WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+# kron(G, G)[6*i + j, 3*a + b] = G[i, a] * G[j, b]: transforms all K*C filters in one GEMM
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)
+
+
+# The 36 GEMMs per chunk run in cnnext's own register-blocked kernel (cnnext/_tile_gemm.h) with the
+# weights packed once per call, where it has AVX2+FMA: at these sizes BLAS spends as long packing
+# its operands, on every call, as multiplying (deep's GEMMs: ~20 GFLOP/s in OpenBLAS, 31 in the
+# kernel, one thread, float32). Elsewhere (no AVX2, or a compiler without vector extensions) numpy's
+# BLAS runs them. Tests switch this to cover both.
+_NATIVE_TILE_GEMM = _winograd.tile_gemm_level() == 2
 
 
 def _winograd_eligible(g):
@@ -265,14 +275,17 @@ def _winograd_eligible(g):
 
 def _winograd_chunks(N, C, K, Ho, Wo, dtype):
     """(tiles per sample, row pitch, [(first sample, samples), ...]) of the batch's chunks; the
-    pitch (the leading dimension BLAS sees) is a whole chunk's tile count. At least 4 chunks when
+    pitch (the leading dimension the GEMMs see) is a whole chunk's tile count, rounded up to
+    TILE_GEMM_PAD. At least 4 chunks when
     the batch allows, so that threads can share them; the chunks never depend on the thread count
     (grad_weight sums over them, in their order)."""
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
     budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
     chunk = int(max(1, min(-(-N // 4), budget)))
-    return tiles, chunk * tiles, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+    pad = _winograd.TILE_GEMM_PAD  # the tile GEMM reads each row up to a multiple of this
+    ld = -(-chunk * tiles // pad) * pad
+    return tiles, ld, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
 
 
 def _winograd_buffer(rows, ld, dtype):
@@ -296,22 +309,45 @@ def _as_gemm(buf, rows, ld, T):
     return buf[:, : rows * ld].reshape(36, rows, ld)[:, :, :T]
 
 
+def _pack_rows(u, dtype):
+    """The (36, K, C) transformed weights packed for _winograd.tile_gemm: (36, ceil(K/MR), C, MR),
+    packed[e, kb, c, r] = u[e, kb*MR + r, c], zero past K."""
+    E, K, C = u.shape
+    mr = _winograd.TILE_GEMM_MR
+    kb = -(-K // mr)
+    packed = np.zeros((E, kb, C, mr), dtype=dtype)
+    for r in range(min(mr, K)):
+        rows = u[:, r::mr]
+        packed[:, : rows.shape[1], :, r] = rows
+    return packed
+
+
 def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
     """y = conv2d(x, weight) (+ bias), 3x3 stride 1, top/left padding pt, pl (may be negative)."""
     N, C = x.shape[:2]
     K, Ho, Wo = y.shape[1:]
     dtype = x.dtype
-    # U[6*i + j, k, c] = (G w[k, c] G^T)[i, j], computed in float64 then rounded once
-    u = _WINOGRAD_G @ weight.astype(np.float64) @ _WINOGRAD_G.T
-    u = np.ascontiguousarray(u.reshape(K, C, 36).transpose(2, 0, 1), dtype=dtype)
+    # U[6*i + j, k, c] = (G w[k, c] G^T)[i, j], one GEMM in float64, rounded once
+    # (single-threaded: a small GEMM, which 2 BLAS threads slowed down 10x on a loaded machine)
+    with _parallel.single_threaded_blas():
+        u = _WINOGRAD_GG @ np.ascontiguousarray(weight.reshape(K * C, 9).T, dtype=np.float64)
+    u = u.reshape(36, K, C)
+    native = _NATIVE_TILE_GEMM
+    if native:
+        u = _pack_rows(u, dtype)
+    else:
+        u = np.ascontiguousarray(u, dtype=dtype)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
 
     def job(ws, i, threads):
         vbuf, mbuf = ws
         n0, nc = chunks[i]
+        T = nc * tiles
         _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, threads)
-        _parallel.matmul(u, _as_gemm(vbuf, C, ld, nc * tiles), _as_gemm(mbuf, K, ld, nc * tiles),
-                         threads)
+        if native:
+            _winograd.tile_gemm(u, vbuf, mbuf, K, T, ld, threads)
+        else:
+            _parallel.matmul(u, _as_gemm(vbuf, C, ld, T), _as_gemm(mbuf, K, ld, T), threads)
         _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, threads)
 
     for _ in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
@@ -327,6 +363,7 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
     K, Ho, Wo = gy.shape[1:]
     dtype = x.dtype
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
+    native = _NATIVE_TILE_GEMM
 
     def job(ws, i, threads):
         vbuf, mbuf = ws
@@ -334,8 +371,12 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
         _winograd.input_transform(x, vbuf, n0, pt, pl, Ho, Wo, nc, ld, threads)
         _winograd.output_grad_transform(gy, mbuf, n0, nc, ld, threads)
         T = nc * tiles
+        du = np.empty((36, K, C), dtype=dtype)
+        if native:
+            _winograd.tile_gemm_grad(mbuf, vbuf, du, T, ld, threads)
+            return du
         return _parallel.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
-                                np.empty((36, K, C), dtype=dtype), threads)
+                                du, threads)
 
     du = None
     for part in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
@@ -344,5 +385,7 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
             du = part
         else:
             du += part
-    du = du.astype(np.float64).transpose(1, 2, 0).reshape(K, C, 6, 6)
-    return (_WINOGRAD_G.T @ du @ _WINOGRAD_G).astype(dtype)
+    # grad_weight[k, c] = G^T dU[:, k, c] G, one GEMM in float64, rounded once
+    with _parallel.single_threaded_blas():
+        gw = _WINOGRAD_GG.T @ du.reshape(36, K * C).astype(np.float64)
+    return np.ascontiguousarray(gw.T, dtype=dtype).reshape(K, C, 3, 3)

@@ -1,0 +1,162 @@
+/* Design
+ * ------
+ * The GEMMs of the Winograd convolution (cnnext/_winograd.pyx): per transform element e, 36 of
+ * them per chunk of the batch, each small (channels x channels x tiles of one chunk, e.g.
+ * 128 x 128 x 48). BLAS packs both operands again on every call, which at these sizes costs as
+ * much as the multiplies (OpenBLAS ran them at ~55% of its large-GEMM rate on the dev machine).
+ * Here the weights are packed once per convolution (in Python, by row blocks of MR) and the
+ * tile matrix is read in place, so one register-blocked kernel does all the work:
+ *
+ *   c[i, j] = sum_l A[i, l] b[l, j]   for i < M, j < ncols
+ *
+ * with A packed as ap[(ib*L + l)*MR + r] = A[ib*MR + r, l] (zero rows past M) and b read with
+ * row pitch ldb. Each step of the inner loop loads NR (two vectors) of one row of b, broadcasts
+ * MR values of A and does 2*MR vector multiply-adds into 2*MR accumulators that stay in
+ * registers (12 + 2 + 1 of the 16 AVX2 registers). Columns j up to ncols rounded up to NR are
+ * read from b (the caller pads the rows); only the M x ncols block is written.
+ *
+ * Vectors are GCC/Clang vector extensions. On x86-64 the kernels are compiled twice, for AVX2+FMA
+ * and for the baseline ISA, and cnnext_tile_gemm_init() picks one at import from the CPU's
+ * features, so one wheel runs everywhere and uses AVX2 where it exists. Other compilers get plain
+ * loops (the Python side then keeps using numpy's BLAS). Each output element is one fixed
+ * sequence of multiply-adds over l in order: results do not depend on the thread count.
+ */
+#ifndef CNNEXT_TILE_GEMM_H
+#define CNNEXT_TILE_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define CNNEXT_MR 6
+/* Elements per row that the kernels may read past ncols, rounded: callers pad rows to this. */
+#define CNNEXT_NR_MAX 16
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CNNEXT_VECTORS 1
+typedef float cnnext_v8f __attribute__((vector_size(32)));
+typedef double cnnext_v4d __attribute__((vector_size(32)));
+#else
+#define CNNEXT_VECTORS 0
+#endif
+
+#if CNNEXT_VECTORS
+
+#define CNNEXT_BCAST8(s) {s, s, s, s, s, s, s, s}
+#define CNNEXT_BCAST4(s) {s, s, s, s}
+
+/* Row r of the register block: broadcast A[i0 + r, l] and multiply-add it into both vectors
+ * (each broadcast used at once: holding all six would spill accumulators). */
+#define CNNEXT_ROW(BCAST, V, T, x, lo, hi) { T s_ = (x); V a_ = BCAST(s_); lo += a_ * b0; hi += a_ * b1; }
+
+/* One kernel: NAME(ap, b, c, M, L, ncols, ldb, ldc) for element type T, vector type V of VL
+ * elements (NR = 2 * VL), with function attributes ATTR. */
+#define CNNEXT_DEFINE_KERNEL(NAME, T, V, VL, BCAST, ATTR)                                      \
+ATTR static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,              \
+                      ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)                        \
+{                                                                                           \
+    const ptrdiff_t NR = 2 * (VL);                                                          \
+    ptrdiff_t j0, i0, l, r, j;                                                              \
+    for (j0 = 0; j0 < ncols; j0 += NR) {                                                    \
+        for (i0 = 0; i0 < M; i0 += CNNEXT_MR) {                                             \
+            const T *a = ap + i0 * L;                                                       \
+            const T *bj = b + j0;                                                           \
+            V z = {0};                                                                      \
+            V c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;                         \
+            V c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;                         \
+            for (l = 0; l < L; l++) {                                                       \
+                V b0, b1;                                                                   \
+                memcpy(&b0, bj + l * ldb, sizeof(V));                                       \
+                memcpy(&b1, bj + l * ldb + (VL), sizeof(V));                                \
+                const T *al = a + l * CNNEXT_MR;                                            \
+                CNNEXT_ROW(BCAST, V, T, al[0], c00, c01)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[1], c10, c11)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[2], c20, c21)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[3], c30, c31)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[4], c40, c41)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[5], c50, c51)                                    \
+            }                                                                               \
+            V acc[CNNEXT_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},                      \
+                                   {c30, c31}, {c40, c41}, {c50, c51}};                     \
+            ptrdiff_t rows = M - i0 < CNNEXT_MR ? M - i0 : CNNEXT_MR;                       \
+            ptrdiff_t cols = ncols - j0 < NR ? ncols - j0 : NR;                             \
+            for (r = 0; r < rows; r++) {                                                    \
+                T *dst = c + (i0 + r) * ldc + j0;                                           \
+                if (cols == NR) {                                                           \
+                    memcpy(dst, &acc[r][0], sizeof(V));                                     \
+                    memcpy(dst + (VL), &acc[r][1], sizeof(V));                              \
+                } else {                                                                    \
+                    T tmp[2 * (VL)];                                                        \
+                    memcpy(tmp, &acc[r][0], sizeof(V));                                     \
+                    memcpy(tmp + (VL), &acc[r][1], sizeof(V));                              \
+                    for (j = 0; j < cols; j++) dst[j] = tmp[j];                             \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CNNEXT_AVX2 __attribute__((target("avx2,fma")))
+CNNEXT_DEFINE_KERNEL(cnnext_kernel_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
+CNNEXT_DEFINE_KERNEL(cnnext_kernel_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
+#endif
+CNNEXT_DEFINE_KERNEL(cnnext_kernel_f32_base, float, cnnext_v8f, 8, CNNEXT_BCAST8, )
+CNNEXT_DEFINE_KERNEL(cnnext_kernel_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
+
+#else /* no vector extensions: plain loops with the same summation order */
+
+#define CNNEXT_DEFINE_PLAIN(NAME, T)                                                        \
+static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,                   \
+                 ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)                             \
+{                                                                                           \
+    ptrdiff_t i, j, l;                                                                      \
+    for (i = 0; i < M; i++) {                                                               \
+        const T *a = ap + (i / CNNEXT_MR) * CNNEXT_MR * L + i % CNNEXT_MR;                  \
+        for (j = 0; j < ncols; j++) {                                                       \
+            T s = 0;                                                                        \
+            for (l = 0; l < L; l++) s += a[l * CNNEXT_MR] * b[l * ldb + j];                 \
+            c[i * ldc + j] = s;                                                             \
+        }                                                                                   \
+    }                                                                                       \
+}
+CNNEXT_DEFINE_PLAIN(cnnext_kernel_f32_base, float)
+CNNEXT_DEFINE_PLAIN(cnnext_kernel_f64_base, double)
+
+#endif
+
+/* 2: AVX2+FMA kernels, 1: vector extensions for the baseline ISA, 0: plain loops. */
+static int cnnext_tile_gemm_level = -1;
+
+static int cnnext_tile_gemm_init(void)
+{
+    int level = CNNEXT_VECTORS;
+#if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 2;
+#endif
+    cnnext_tile_gemm_level = level;
+    return level;
+}
+
+#define CNNEXT_DISPATCH(T, SUF)                                                              \
+static void cnnext_kernel_##SUF(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,     \
+                                ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)             \
+{                                                                                           \
+    CNNEXT_DISPATCH_AVX2(SUF)                                                               \
+    cnnext_kernel_##SUF##_base(ap, b, c, M, L, ncols, ldb, ldc);                            \
+}
+
+#if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
+#define CNNEXT_DISPATCH_AVX2(SUF)                                                           \
+    if (cnnext_tile_gemm_level == 2) {                                                      \
+        cnnext_kernel_##SUF##_avx2(ap, b, c, M, L, ncols, ldb, ldc);                        \
+        return;                                                                             \
+    }
+#else
+#define CNNEXT_DISPATCH_AVX2(SUF)
+#endif
+
+CNNEXT_DISPATCH(float, f32)
+CNNEXT_DISPATCH(double, f64)
+
+#endif /* CNNEXT_TILE_GEMM_H */
