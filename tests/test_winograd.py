@@ -237,3 +237,21 @@ def test_force_conv_algorithm_is_public_and_turns_winograd_off(monkeypatch):
     assert not calls
     assert_close(y, oracle.conv2d(x, w, b, padding=1))
     assert "force_conv_algorithm" in cnnext.__all__
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 5, 7, 8, 11, 32, 64, 200])
+@pytest.mark.parametrize("C,K,HW", [(128, 128, 16), (32, 64, 32), (3, 4, 6), (8, 8, 16)])
+def test_winograd_chunks_cover_the_batch_in_balanced_shares(N, C, K, HW, gemm_path):
+    """Chunks cover the batch in order; their count is a multiple of 4 (2 below 4) unless it is
+    the batch size, so 2 or 4 threads get equal shares; sizes differ by at most one sample; the
+    pitch fits the largest chunk's tiles rounded up to TILE_GEMM_PAD."""
+    tiles, ld, chunks = conv._winograd_chunks(N, C, K, HW, HW, np.dtype(np.float32))
+    assert [n0 for n0, _ in chunks] == list(np.cumsum([0] + [nc for _, nc in chunks[:-1]]))
+    assert sum(nc for _, nc in chunks) == N
+    sizes = {nc for _, nc in chunks}
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    count = len(chunks)
+    assert count == N or count % 4 == 0 or (count < 4 and count % 2 == 0)
+    assert count >= min(N, 4)
+    pad = conv._winograd.TILE_GEMM_PAD
+    assert ld % pad == 0 and max(sizes) * tiles <= ld < max(sizes) * tiles + pad

@@ -275,17 +275,27 @@ def _winograd_eligible(g):
 
 def _winograd_chunks(N, C, K, Ho, Wo, dtype):
     """(tiles per sample, row pitch, [(first sample, samples), ...]) of the batch's chunks; the
-    pitch (the leading dimension the GEMMs see) is a whole chunk's tile count, rounded up to
-    TILE_GEMM_PAD. At least 4 chunks when
-    the batch allows, so that threads can share them; the chunks never depend on the thread count
-    (grad_weight sums over them, in their order)."""
+    pitch (the leading dimension the GEMMs see) is the largest chunk's tile count, rounded up to
+    TILE_GEMM_PAD.
+
+    As many chunks as the cache target needs, at least 4 when the batch allows, and their count
+    rounded up to a multiple of 4 (of 2 below 4), with sizes differing by at most one sample, so
+    that 2 or 4 threads get equal shares (deep: 12 chunks of 2-3 samples, not 10 of 3 and one of
+    2). The chunks never depend on the thread count: grad_weight sums over them, in their order.
+    """
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
-    budget = min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1)
-    chunk = int(max(1, min(-(-N // 4), budget)))
+    budget = max(1, min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1))
+    count = max(4, -(-N // budget))
+    count = min(N, -(-count // 4) * 4)
+    if count < N and count % 2:
+        count += 1
+    count = max(count, 1)
+    bounds = [N * i // count for i in range(count + 1)]
+    chunks = [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
     pad = _winograd.TILE_GEMM_PAD  # the tile GEMM reads each row up to a multiple of this
-    ld = -(-chunk * tiles // pad) * pad
-    return tiles, ld, [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+    ld = -(-max(nc for _, nc in chunks) * tiles // pad) * pad
+    return tiles, ld, chunks
 
 
 def _winograd_buffer(rows, ld, dtype):
