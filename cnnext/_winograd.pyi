@@ -83,3 +83,14 @@ def tile_gemm_grad(
     """dU[e] = dM[e] @ V[e]^T for the 36 transform elements: du[e, k, c] = sum over t < T of
     dm[e, k*ld + t] * v[e, c*ld + t], with du of shape (E, K, C); the sum runs over t in
     order. Each thread packs its element's dM by row blocks and transposes V into a buffer."""
+
+def filter_transform(w: NDArray[_F], up: NDArray[_F], rotate: bool, num_threads: int = 1) -> None:
+    """The transformed filters U[e, k, c] = (G g G^T)[i, j], e = 6*i + j, of the (K, C, 3, 3)
+    weights w (computed in float64, rounded once), written as up[e, k // mr, c, k % mr] with
+    mr = up.shape[3] (1: plain (36, K, C) for BLAS; TILE_GEMM_MR: packed for tile_gemm, zero
+    past K). With rotate, g is the filter of the transposed convolution, w[c, k, ::-1, ::-1]
+    (so K and C are w's second and first axis), which grad_input convolves with."""
+
+def filter_grad_transform(du: NDArray[_F], gw: NDArray[_F], num_threads: int = 1) -> None:
+    """grad_weight gw[k, c] = G^T dU[:, k, c] G (6x6 -> 3x3) from du of shape (36, K, C), e = 6*i + j,
+    computed in float64 and rounded once."""

@@ -16,9 +16,11 @@
 # so 36 multiplies give 16 outputs where the direct sum needs 144. The sum over channels of the 36
 # elementwise products is 36 independent GEMMs M(36, K, T) = U(36, K, C) @ V(36, C, T): `tile_gemm`
 # here (register-blocked kernels in _tile_gemm.h, the weights packed once per call) where the CPU
-# has AVX2+FMA, else one batched numpy matmul; cnnext/functional/conv.py picks, and transforms the
-# weights (U = G g G^T, one float64 GEMM). This module holds the data transforms, for a chunk of `nc` samples starting at sample `n0`, with T = nc * tiles_h * tiles_w
-# tiles numbered (sample, tile row, tile column) and transform element e = 6*i + j:
+# has AVX2+FMA, else one batched numpy matmul; cnnext/functional/conv.py picks. `filter_transform`
+# computes U = G g G^T (in float64, rounded once) straight into the layout the GEMM reads, and
+# `filter_grad_transform` grad_weight = G^T dU G. The data transforms work on a chunk of `nc`
+# samples starting at sample `n0`, with T = nc * tiles_h * tiles_w tiles numbered (sample, tile
+# row, tile column) and transform element e = 6*i + j:
 #
 #   input_transform        V[e, c, t] = (B^T d B)[i, j], prange over (sample, channel) planes.
 #                          Input positions outside the image read as zero, so any padding (top/left
@@ -29,8 +31,7 @@
 #                          Ho/Wo is not a multiple of 4: only the in-range outputs are written.
 #   output_grad_transform  dM[e, k, t] = (A dy A^T)[i, j] of each 4x4 tile of grad_output (zero
 #                          outside it), the adjoint of output_transform, for the weight gradient:
-#                          dU(36, K, C) = dM @ V^T (`tile_gemm_grad`) and grad_weight = G^T dU G
-#                          (in conv.py).
+#                          dU(36, K, C) = dM @ V^T (`tile_gemm_grad`) and grad_weight = G^T dU G.
 #
 # grad_input of a stride-1 3x3 convolution is itself such a convolution (of grad_output, with the
 # weights rotated 180 degrees and their channel axes swapped, padded by 2 - p), so the forward
@@ -428,8 +429,8 @@ def tile_gemm_grad(const floating[:, ::1] dm, const floating[:, ::1] v, floating
     cdef Py_ssize_t width = Kb * CNNEXT_MR * T + T * Cp
     cdef Py_ssize_t e, i, r, l, c, k
     cdef floating* scratch
-    cdef floating* ap
-    cdef floating* bt
+    cdef floating* ap = NULL
+    cdef floating* bt = NULL
     if T < 0 or T > ld or dm.shape[0] != E or v.shape[0] != E or dm.shape[1] < K * ld \
             or v.shape[1] < C * ld:
         raise ValueError(f"tile_gemm_grad: need 0 <= T <= ld, dm of shape ({E}, >= {K * ld}) and "
@@ -460,3 +461,101 @@ def tile_gemm_grad(const floating[:, ::1] dm, const floating[:, ::1] v, floating
                 kernel(ap, bt, &du[e, 0, 0], K, T, C, Cp, C)
     finally:
         free(scratch)
+
+
+# G of F(4x4, 3x3) in float64 (filled at import): U = G g G^T, grad_weight = G^T dU G.
+cdef double GM[6][3]
+# (float literals: Cython folds 1 / 4 of two C integer constants to 0)
+for _i, _row in enumerate(((1.0 / 4, 0.0, 0.0), (-1.0 / 6, -1.0 / 6, -1.0 / 6),
+                           (-1.0 / 6, 1.0 / 6, -1.0 / 6), (1.0 / 24, 1.0 / 12, 1.0 / 6),
+                           (1.0 / 24, -1.0 / 12, 1.0 / 6), (0.0, 0.0, 1.0))):
+    for _j in range(3):
+        GM[_i][_j] = _row[_j]
+
+
+cdef void transform_filter(const floating* taps, bint rotate, floating* out,
+                           Py_ssize_t estride) noexcept nogil:
+    """out[e * estride] = (G g G^T)[i, j], e = 6*i + j, for the 3x3 filter g at taps (row-major;
+    rotated 180 degrees with rotate), in float64."""
+    cdef double g[3][3]
+    cdef double t[6][3]
+    cdef Py_ssize_t i, j, a, b
+    for a in range(3):
+        for b in range(3):
+            g[a][b] = taps[8 - 3 * a - b] if rotate else taps[3 * a + b]
+    for i in range(6):
+        for b in range(3):
+            t[i][b] = GM[i][0] * g[0][b] + GM[i][1] * g[1][b] + GM[i][2] * g[2][b]
+    for i in range(6):
+        for j in range(6):
+            out[(6 * i + j) * estride] = <floating> (t[i][0] * GM[j][0] + t[i][1] * GM[j][1]
+                                                     + t[i][2] * GM[j][2])
+
+
+cdef void grad_filter(const floating* du, Py_ssize_t estride, floating* gw) noexcept nogil:
+    """gw[3*a + b] = (G^T d G)[a, b] for the 6x6 d[i, j] = du[(6*i + j) * estride], in float64."""
+    cdef double s[6][3]
+    cdef double acc
+    cdef Py_ssize_t i, j, a, b
+    for i in range(6):
+        for b in range(3):
+            acc = 0
+            for j in range(6):
+                acc = acc + du[(6 * i + j) * estride] * GM[j][b]
+            s[i][b] = acc
+    for a in range(3):
+        for b in range(3):
+            acc = 0
+            for i in range(6):
+                acc = acc + GM[i][a] * s[i][b]
+            gw[3 * a + b] = <floating> acc
+
+
+def filter_transform(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] up, bint rotate,
+                     int num_threads=1):
+    """The transformed filters U[e, k, c] = (G g G^T)[i, j], e = 6*i + j, of the (K, C, 3, 3)
+    weights w (computed in float64, rounded once), written as up[e, k // mr, c, k % mr] with
+    mr = up.shape[3] (1: plain (36, K, C) for BLAS; TILE_GEMM_MR: packed for tile_gemm, zero
+    past K). With rotate, g is the filter of the transposed convolution, w[c, k, ::-1, ::-1]
+    (so K and C are w's second and first axis), which grad_input convolves with."""
+    cdef Py_ssize_t K = w.shape[1] if rotate else w.shape[0]
+    cdef Py_ssize_t C = w.shape[0] if rotate else w.shape[1]
+    cdef Py_ssize_t mr = up.shape[3]
+    cdef Py_ssize_t Kb = (K + mr - 1) // mr if mr > 0 else 0
+    cdef Py_ssize_t estride = up.shape[1] * up.shape[2] * up.shape[3]
+    cdef Py_ssize_t k, c, e
+    if w.shape[2] != 3 or w.shape[3] != 3 or mr < 1 or up.shape[0] != 36 or up.shape[1] != Kb \
+            or up.shape[2] != C:
+        raise ValueError(f"filter_transform: need 3x3 weights and up of shape (36, ceil({K}/mr), {C}, "
+                         f"mr); got w {(w.shape[0], w.shape[1], w.shape[2], w.shape[3])}, up "
+                         f"{(up.shape[0], up.shape[1], up.shape[2], up.shape[3])}")
+    if Kb == 0 or C == 0:
+        return
+    with nogil:
+        for k in prange(Kb * mr, schedule='static', num_threads=num_threads):
+            for c in range(C):
+                if k < K:
+                    transform_filter(&w[c, k, 0, 0] if rotate else &w[k, c, 0, 0], rotate,
+                                     &up[0, k // mr, c, k % mr], estride)
+                else:
+                    for e in range(36):
+                        up[e, k // mr, c, k % mr] = 0
+
+
+def filter_grad_transform(const floating[:, :, ::1] du, floating[:, :, :, ::1] gw,
+                          int num_threads=1):
+    """grad_weight gw[k, c] = G^T dU[:, k, c] G (6x6 -> 3x3) from du of shape (36, K, C), e = 6*i + j,
+    computed in float64 and rounded once."""
+    cdef Py_ssize_t K = du.shape[1], C = du.shape[2]
+    cdef Py_ssize_t k, c
+    if du.shape[0] != 36 or gw.shape[0] != K or gw.shape[1] != C or gw.shape[2] != 3 \
+            or gw.shape[3] != 3:
+        raise ValueError(f"filter_grad_transform: need du of shape (36, K, C) and gw of shape "
+                         f"(K, C, 3, 3); got du {(du.shape[0], du.shape[1], du.shape[2])}, gw "
+                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
+    if K == 0 or C == 0:
+        return
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=num_threads):
+            for c in range(C):
+                grad_filter(&du[0, k, c], K * C, &gw[k, c, 0, 0])

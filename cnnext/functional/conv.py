@@ -147,7 +147,7 @@ def _forward(x, weight, bias, g):
     b = bias if has_bias else np.empty(0, dtype=dtype)
     algorithm = _algorithm(g)
     if algorithm == "winograd":
-        _winograd_conv(x, weight, b, has_bias, y, g.pt, g.pl, nt)
+        _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
         return y
     if algorithm == "direct":
         _direct.direct_forward(x, weight, y, b, has_bias, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
@@ -190,8 +190,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     if algorithm == "winograd":
         if need_input:
             # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
-            rotated = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-            _winograd_conv(gy, rotated, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
+            _winograd_conv(gy, weight, True, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
         if need_weight:
             gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
         return gx, gw
@@ -253,11 +252,6 @@ _WINOGRAD_AUTO = ((16, 8), (8, 32))
 # deep 0.78-0.95 at every size (OpenBLAS runs the grad_weight GEMMs, whose inner dimension is the
 # chunk's tile count, erratically slower at some sizes, e.g. cifar's 256 tiles).
 _WINOGRAD_CACHE_TARGET_BYTES = 2 * 2**20
-# G of F(4x4, 3x3): U = G g G^T transforms a 3x3 filter, grad_weight = G^T dU G.
-_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-# kron(G, G)[6*i + j, 3*a + b] = G[i, a] * G[j, b]: transforms all K*C filters in one GEMM
-_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)
 
 
 # The 36 GEMMs per chunk run in cnnext's own register-blocked kernel (cnnext/_tile_gemm.h) with the
@@ -319,34 +313,19 @@ def _as_gemm(buf, rows, ld, T):
     return buf[:, : rows * ld].reshape(36, rows, ld)[:, :, :T]
 
 
-def _pack_rows(u, dtype):
-    """The (36, K, C) transformed weights packed for _winograd.tile_gemm: (36, ceil(K/MR), C, MR),
-    packed[e, kb, c, r] = u[e, kb*MR + r, c], zero past K."""
-    E, K, C = u.shape
-    mr = _winograd.TILE_GEMM_MR
-    kb = -(-K // mr)
-    packed = np.zeros((E, kb, C, mr), dtype=dtype)
-    for r in range(min(mr, K)):
-        rows = u[:, r::mr]
-        packed[:, : rows.shape[1], :, r] = rows
-    return packed
-
-
-def _winograd_conv(x, weight, bias, has_bias, y, pt, pl, nt):
-    """y = conv2d(x, weight) (+ bias), 3x3 stride 1, top/left padding pt, pl (may be negative)."""
+def _winograd_conv(x, weight, rotate, bias, has_bias, y, pt, pl, nt):
+    """y = conv2d(x, w) (+ bias), 3x3 stride 1, top/left padding pt, pl (may be negative), where
+    w is weight, or with rotate the transposed convolution's weight[:, :, ::-1, ::-1] with its
+    two channel axes swapped (for grad_input)."""
     N, C = x.shape[:2]
     K, Ho, Wo = y.shape[1:]
     dtype = x.dtype
-    # U[6*i + j, k, c] = (G w[k, c] G^T)[i, j], one GEMM in float64, rounded once
-    # (single-threaded: a small GEMM, which 2 BLAS threads slowed down 10x on a loaded machine)
-    with _parallel.single_threaded_blas():
-        u = _WINOGRAD_GG @ np.ascontiguousarray(weight.reshape(K * C, 9).T, dtype=np.float64)
-    u = u.reshape(36, K, C)
     native = _NATIVE_TILE_GEMM
-    if native:
-        u = _pack_rows(u, dtype)
-    else:
-        u = np.ascontiguousarray(u, dtype=dtype)
+    mr = _winograd.TILE_GEMM_MR if native else 1  # rows per packed block (1: plain for BLAS)
+    u = np.empty((36, -(-K // mr), C, mr), dtype=dtype)
+    _winograd.filter_transform(weight, u, rotate, nt)
+    if not native:
+        u = u.reshape(36, K, C)
     tiles, ld, chunks = _winograd_chunks(N, C, K, Ho, Wo, dtype)
 
     def job(ws, i, threads):
@@ -395,7 +374,6 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
             du = part
         else:
             du += part
-    # grad_weight[k, c] = G^T dU[:, k, c] G, one GEMM in float64, rounded once
-    with _parallel.single_threaded_blas():
-        gw = _WINOGRAD_GG.T @ du.reshape(36, K * C).astype(np.float64)
-    return np.ascontiguousarray(gw.T, dtype=dtype).reshape(K, C, 3, 3)
+    gw = np.empty((K, C, 3, 3), dtype=dtype)
+    _winograd.filter_grad_transform(du, gw, nt)
+    return gw
