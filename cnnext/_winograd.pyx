@@ -463,52 +463,58 @@ def tile_gemm_grad(const floating[:, ::1] dm, const floating[:, ::1] v, floating
         free(scratch)
 
 
-# G of F(4x4, 3x3) in float64 (filled at import): U = G g G^T, grad_weight = G^T dU G.
-cdef double GM[6][3]
-# (float literals: Cython folds 1 / 4 of two C integer constants to 0)
-for _i, _row in enumerate(((1.0 / 4, 0.0, 0.0), (-1.0 / 6, -1.0 / 6, -1.0 / 6),
-                           (-1.0 / 6, 1.0 / 6, -1.0 / 6), (1.0 / 24, 1.0 / 12, 1.0 / 6),
-                           (1.0 / 24, -1.0 / 12, 1.0 / 6), (0.0, 0.0, 1.0))):
-    for _j in range(3):
-        GM[_i][_j] = _row[_j]
+cdef inline void g_apply(double x0, double x1, double x2, double* o) noexcept nogil:
+    """o = G x for G of F(4x4, 3x3) (see the table at the top), with its shared sums."""
+    cdef double even = x0 + x2
+    o[0] = 0.25 * x0
+    o[1] = -(even + x1) * (1.0 / 6)
+    o[2] = -(even - x1) * (1.0 / 6)
+    o[3] = x0 * (1.0 / 24) + x1 * (1.0 / 12) + x2 * (1.0 / 6)
+    o[4] = x0 * (1.0 / 24) - x1 * (1.0 / 12) + x2 * (1.0 / 6)
+    o[5] = x2
+
+
+cdef inline void gt_apply(const double* y, Py_ssize_t step, double* o) noexcept nogil:
+    """o = G^T y for the 6 values y[0], y[step], ..., y[5 * step]."""
+    cdef double p12 = y[step] + y[2 * step], m12 = y[step] - y[2 * step]
+    cdef double p34 = y[3 * step] + y[4 * step], m34 = y[3 * step] - y[4 * step]
+    o[0] = 0.25 * y[0] - p12 * (1.0 / 6) + p34 * (1.0 / 24)
+    o[1] = -m12 * (1.0 / 6) + m34 * (1.0 / 12)
+    o[2] = -p12 * (1.0 / 6) + p34 * (1.0 / 6) + y[5 * step]
 
 
 cdef void transform_filter(const floating* taps, bint rotate, floating* out,
                            Py_ssize_t estride) noexcept nogil:
     """out[e * estride] = (G g G^T)[i, j], e = 6*i + j, for the 3x3 filter g at taps (row-major;
     rotated 180 degrees with rotate), in float64."""
-    cdef double g[3][3]
-    cdef double t[6][3]
-    cdef Py_ssize_t i, j, a, b
-    for a in range(3):
-        for b in range(3):
-            g[a][b] = taps[8 - 3 * a - b] if rotate else taps[3 * a + b]
+    cdef double g[9]
+    cdef double t[3][6]   # t[b] = G g[:, b]
+    cdef double row[6]
+    cdef Py_ssize_t i, j, b
+    for i in range(9):
+        g[i] = taps[8 - i] if rotate else taps[i]
+    for b in range(3):
+        g_apply(g[b], g[3 + b], g[6 + b], t[b])
     for i in range(6):
-        for b in range(3):
-            t[i][b] = GM[i][0] * g[0][b] + GM[i][1] * g[1][b] + GM[i][2] * g[2][b]
-    for i in range(6):
+        g_apply(t[0][i], t[1][i], t[2][i], row)
         for j in range(6):
-            out[(6 * i + j) * estride] = <floating> (t[i][0] * GM[j][0] + t[i][1] * GM[j][1]
-                                                     + t[i][2] * GM[j][2])
+            out[(6 * i + j) * estride] = <floating> row[j]
 
 
 cdef void grad_filter(const floating* du, Py_ssize_t estride, floating* gw) noexcept nogil:
     """gw[3*a + b] = (G^T d G)[a, b] for the 6x6 d[i, j] = du[(6*i + j) * estride], in float64."""
-    cdef double s[6][3]
-    cdef double acc
-    cdef Py_ssize_t i, j, a, b
+    cdef double d[36]
+    cdef double s[6][3]   # s[i] = G^T d[i, :]
+    cdef double col[3]
+    cdef Py_ssize_t i, a, b
+    for i in range(36):
+        d[i] = du[i * estride]
     for i in range(6):
-        for b in range(3):
-            acc = 0
-            for j in range(6):
-                acc = acc + du[(6 * i + j) * estride] * GM[j][b]
-            s[i][b] = acc
-    for a in range(3):
-        for b in range(3):
-            acc = 0
-            for i in range(6):
-                acc = acc + GM[i][a] * s[i][b]
-            gw[3 * a + b] = <floating> acc
+        gt_apply(&d[6 * i], 1, s[i])
+    for b in range(3):
+        gt_apply(&s[0][b], 3, col)
+        for a in range(3):
+            gw[3 * a + b] = <floating> col[a]
 
 
 def filter_transform(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] up, bint rotate,
@@ -522,8 +528,9 @@ def filter_transform(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] up, 
     cdef Py_ssize_t C = w.shape[0] if rotate else w.shape[1]
     cdef Py_ssize_t mr = up.shape[3]
     cdef Py_ssize_t Kb = (K + mr - 1) // mr if mr > 0 else 0
-    cdef Py_ssize_t estride = up.shape[1] * up.shape[2] * up.shape[3]
     cdef Py_ssize_t k, c, e
+    cdef floating* scratch
+    cdef floating* tmp = NULL
     if w.shape[2] != 3 or w.shape[3] != 3 or mr < 1 or up.shape[0] != 36 or up.shape[1] != Kb \
             or up.shape[2] != C:
         raise ValueError(f"filter_transform: need 3x3 weights and up of shape (36, ceil({K}/mr), {C}, "
@@ -531,15 +538,27 @@ def filter_transform(const floating[:, :, :, ::1] w, floating[:, :, :, ::1] up, 
                          f"{(up.shape[0], up.shape[1], up.shape[2], up.shape[3])}")
     if Kb == 0 or C == 0:
         return
-    with nogil:
-        for k in prange(Kb * mr, schedule='static', num_threads=num_threads):
-            for c in range(C):
+    # Each thread transforms one filter row k into tmp (36, C), then copies it out row by row:
+    # writing the 36 values of each filter straight into up would touch 36 places a multiple of
+    # up's row size apart, which (being near a multiple of 4 KiB) share a few cache sets.
+    scratch = <floating*> thread_scratch(num_threads * 36 * C * sizeof(floating), "filter_transform")
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            tmp = scratch + omp_get_thread_num() * 36 * C
+            for k in prange(Kb * mr, schedule='static'):
                 if k < K:
-                    transform_filter(&w[c, k, 0, 0] if rotate else &w[k, c, 0, 0], rotate,
-                                     &up[0, k // mr, c, k % mr], estride)
+                    for c in range(C):
+                        transform_filter(&w[c, k, 0, 0] if rotate else &w[k, c, 0, 0], rotate,
+                                         tmp + c, C)
+                    for e in range(36):
+                        for c in range(C):
+                            up[e, k // mr, c, k % mr] = tmp[e * C + c]
                 else:
                     for e in range(36):
-                        up[e, k // mr, c, k % mr] = 0
+                        for c in range(C):
+                            up[e, k // mr, c, k % mr] = 0
+    finally:
+        free(scratch)
 
 
 def filter_grad_transform(const floating[:, :, ::1] du, floating[:, :, :, ::1] gw,
@@ -547,7 +566,9 @@ def filter_grad_transform(const floating[:, :, ::1] du, floating[:, :, :, ::1] g
     """grad_weight gw[k, c] = G^T dU[:, k, c] G (6x6 -> 3x3) from du of shape (36, K, C), e = 6*i + j,
     computed in float64 and rounded once."""
     cdef Py_ssize_t K = du.shape[1], C = du.shape[2]
-    cdef Py_ssize_t k, c
+    cdef Py_ssize_t k, c, e
+    cdef floating* scratch
+    cdef floating* tmp = NULL
     if du.shape[0] != 36 or gw.shape[0] != K or gw.shape[1] != C or gw.shape[2] != 3 \
             or gw.shape[3] != 3:
         raise ValueError(f"filter_grad_transform: need du of shape (36, K, C) and gw of shape "
@@ -555,7 +576,19 @@ def filter_grad_transform(const floating[:, :, ::1] du, floating[:, :, :, ::1] g
                          f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
     if K == 0 or C == 0:
         return
-    with nogil:
-        for k in prange(K, schedule='static', num_threads=num_threads):
-            for c in range(C):
-                grad_filter(&du[0, k, c], K * C, &gw[k, c, 0, 0])
+    # Each thread gathers one filter row k of du into tmp (C, 36) first, reading 36 contiguous runs
+    # (du's planes are a multiple of 4 KiB apart: gathering each filter's 36 values directly
+    # would hit the same cache sets 36 times).
+    scratch = <floating*> thread_scratch(num_threads * 36 * C * sizeof(floating),
+                                         "filter_grad_transform")
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            tmp = scratch + omp_get_thread_num() * 36 * C
+            for k in prange(K, schedule='static'):
+                for e in range(36):
+                    for c in range(C):
+                        tmp[c * 36 + e] = du[e, k, c]
+                for c in range(C):
+                    grad_filter(tmp + c * 36, 1, &gw[k, c, 0, 0])
+    finally:
+        free(scratch)
