@@ -13,8 +13,10 @@ numpy's BLAS thread count is process-wide. ``single_threaded_blas`` sets it to 1
 cnnext call needs that (a counter, so overlapping calls from several threads restore it once,
 after the last one) and puts back what it found. Only numpy's bundled OpenBLAS (the PyPI wheels)
 can be controlled; with another BLAS, ``blas_control_available()`` is False and the convolutions
-keep their per-kernel OpenMP threads.
+keep their per-kernel OpenMP threads. Jobs that call no BLAS (Winograd with cnnext's own tile
+GEMM kernels) pass ``uses_blas=False``: BLAS is left alone and the chunks go to threads anyway.
 """
+import contextlib
 import ctypes
 import glob
 import os
@@ -93,10 +95,11 @@ class single_threaded_blas:
         return False
 
 
-def map_chunks(job, count, num_threads, make_workspace, workspace_bytes):
+def map_chunks(job, count, num_threads, make_workspace, workspace_bytes, uses_blas=True):
     """Yield ``job(workspace, i, threads)`` for i in range(count), in order.
 
-    With ``num_threads`` > 1, more than one chunk and BLAS control, the calls run on up to
+    With ``num_threads`` > 1, more than one chunk and BLAS control (or ``uses_blas`` False: the
+    jobs call no BLAS, so it needs no control and is left alone), the calls run on up to
     min(num_threads, count) Python threads, each with its own ``make_workspace()`` (of
     ``workspace_bytes``; no more threads than the workspace limit allows), and get
     ``threads`` = 1; otherwise they run here, one after the other, with one workspace and
@@ -106,8 +109,8 @@ def map_chunks(job, count, num_threads, make_workspace, workspace_bytes):
     Consume the whole generator (it holds the BLAS setting until it ends).
     """
     workers = min(num_threads, count, max(1, get_workspace_limit() // max(workspace_bytes, 1)))
-    with single_threaded_blas():
-        if workers <= 1 or not blas_control_available():
+    with single_threaded_blas() if uses_blas else contextlib.nullcontext():
+        if workers <= 1 or (uses_blas and not blas_control_available()):
             workspace = make_workspace()
             for i in range(count):
                 yield job(workspace, i, num_threads)

@@ -44,9 +44,24 @@ def many_chunks(monkeypatch, restore_config):
     monkeypatch.setattr(conv, "_WINOGRAD_CACHE_TARGET_BYTES", 1)
 
 
+@pytest.fixture
+def blas_gemm(monkeypatch):
+    """Winograd's GEMMs in numpy's BLAS (as on CPUs without AVX2): the chunks then hold BLAS at
+    one thread."""
+    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", False)
+
+
+@pytest.fixture
+def native_gemm(monkeypatch):
+    """Winograd's GEMMs in cnnext's tile_gemm kernels (what AVX2 machines use): no BLAS call."""
+    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", True)
+
+
 @pytest.mark.usefixtures("many_chunks")
+@pytest.mark.parametrize("native", [True, False], ids=["tile_gemm", "blas"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-def test_chunks_over_threads_bitwise_identical_and_correct(dtype):
+def test_chunks_over_threads_bitwise_identical_and_correct(dtype, native, monkeypatch):
+    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", native)
     x, w, b, gy = data(dtype=dtype)
     results = {}
     for n in (1, 2, 3, 4):
@@ -61,7 +76,7 @@ def test_chunks_over_threads_bitwise_identical_and_correct(dtype):
 
 
 @needs_control
-@pytest.mark.usefixtures("many_chunks")
+@pytest.mark.usefixtures("many_chunks", "blas_gemm")
 def test_blas_is_single_threaded_inside_and_restored_after(monkeypatch):
     cnnext.set_num_threads(2)
     before = blas_threads()
@@ -77,7 +92,33 @@ def test_blas_is_single_threaded_inside_and_restored_after(monkeypatch):
 
 
 @needs_control
-@pytest.mark.usefixtures("many_chunks")
+@pytest.mark.usefixtures("many_chunks", "native_gemm")
+def test_native_gemm_leaves_blas_alone_and_needs_no_control(monkeypatch):
+    """With the tile_gemm kernels the chunks call no BLAS: its thread count is not touched, and the
+    chunks run on worker threads even when BLAS cannot be controlled."""
+    cnnext.set_num_threads(2)
+    before = blas_threads()
+    x, w, b, gy = data()
+    want = winograd_pass(x, w, b, gy)
+    for control in ("available", "unavailable"):
+        if control == "unavailable":
+            monkeypatch.setattr(_parallel, "_functions", None)
+        seen = []
+        real = conv._winograd.output_transform
+        monkeypatch.setattr(conv._winograd, "output_transform",
+                            lambda *a: seen.append((control == "available" and blas_threads(),
+                                                    threading.current_thread().name)) or real(*a))
+        got = winograd_pass(x, w, b, gy)
+        monkeypatch.setattr(conv._winograd, "output_transform", real)
+        for a, c in zip(got, want):
+            np.testing.assert_array_equal(a, c)
+        assert any(name.startswith("cnnext") for _, name in seen)
+        if control == "available":
+            assert {t for t, _ in seen} == {before}
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks", "blas_gemm")
 def test_blas_restored_after_an_error_in_a_chunk(monkeypatch):
     cnnext.set_num_threads(2)
     before = blas_threads()
@@ -97,7 +138,7 @@ def test_blas_restored_after_an_error_in_a_chunk(monkeypatch):
 
 
 @needs_control
-@pytest.mark.usefixtures("many_chunks")
+@pytest.mark.usefixtures("many_chunks", "blas_gemm")
 def test_overlapping_calls_from_threads_restore_blas_once():
     """Calls overlapping in several Python threads each set BLAS to one thread; it is put back
     after the last one, and every call's result equals a serial call's. (The algorithm is forced
@@ -125,7 +166,7 @@ def test_overlapping_calls_from_threads_restore_blas_once():
             np.testing.assert_array_equal(a, c)
 
 
-@pytest.mark.usefixtures("many_chunks")
+@pytest.mark.usefixtures("many_chunks", "blas_gemm")
 def test_without_blas_control_results_are_the_same(monkeypatch):
     """With a BLAS cnnext cannot control, chunks run one after the other (kernels still use their
     OpenMP threads) and give the same results."""

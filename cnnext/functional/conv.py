@@ -340,7 +340,7 @@ def _winograd_conv(x, weight, rotate, bias, has_bias, y, pt, pl, nt):
         _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, threads)
 
     for _ in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
-                                  36 * (C + K) * ld * dtype.itemsize):
+                                  36 * (C + K) * ld * dtype.itemsize, uses_blas=not native):
         pass
 
 
@@ -369,7 +369,7 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
 
     du = None
     for part in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
-                                     36 * (C + K) * ld * dtype.itemsize):
+                                     36 * (C + K) * ld * dtype.itemsize, uses_blas=not native):
         if du is None:
             du = part
         else:
