@@ -90,11 +90,12 @@ def _algorithm(g):
     """'direct', 'gemm' or 'winograd' for this geometry (a forced choice wins; see
     force_conv_algorithm; a forced 'winograd' falls back to 'gemm' where it does not apply).
 
-    im2col + GEMM pays for writing and re-reading the column matrix; for depthwise and other
-    grouped convolutions with a few filters per group, each group's GEMM is too thin to earn that
-    back and the direct kernels, which read the input straight from cache, are faster (measured:
-    3x on a 64-channel depthwise 3x3). With groups=1, even LeNet's 6-filter first layer runs
-    faster as one GEMM over the batch.
+    im2col + GEMM pays for writing and re-reading the column matrix, and BLAS runs thin matrices
+    slowly. 'direct' is chosen when each group's GEMM is thin: at most 4 filters per group with
+    groups > 1 (depthwise and the like; measured 3x faster on a 64-channel depthwise 3x3), or at
+    most 8 filters per group with a reduction (channels per group * kh * kw) of at most 32, such as
+    LeNet's first layer (measured, fwd+bwd on one thread: 0.7x GEMM's time on one 1x28x28 sample,
+    0.5x on a batch of 16; 1.0x and slower on LeNet's second layer, 16 filters over 150 taps).
     """
     forced = get_conv_algorithm()
     if forced == "winograd":
@@ -106,7 +107,10 @@ def _algorithm(g):
     if _winograd_eligible(g) and any(min(g.Ho, g.Wo) >= size and min(g.C, g.K) >= channels
                                      for size, channels in _WINOGRAD_AUTO):
         return "winograd"
-    return "direct" if g.groups > 1 and g.K // g.groups <= 4 else "gemm"
+    Kg = g.K // g.groups
+    if (g.groups > 1 and Kg <= 4) or (Kg <= 8 and (g.C // g.groups) * g.kh * g.kw <= 32):
+        return "direct"
+    return "gemm"
 
 
 # Target size of one chunk's column matrix plus GEMM output: bounded so the workspace stays small,
@@ -150,8 +154,8 @@ def _forward(x, weight, bias, g):
         _winograd_conv(x, weight, b, has_bias, y, g.pt, g.pl, nt)
         return y
     if algorithm == "direct":
-        _direct.direct_forward(x, weight, y, b, has_bias, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
-                               G, nt)
+        xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
+        _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, G, nt)
         return y
     if g.pointwise:
         # 1x1, stride 1, no padding: the input already is the column matrix of each sample.
@@ -182,7 +186,10 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     # Winograd writes every element of grad_input; the other algorithms accumulate into it
     gx = None
     if need_input:
-        gx = (np.empty if algorithm == "winograd" and g.N * K > 0 else np.zeros)(g.input_shape, dtype=dtype)
+        # (so does direct at stride 1)
+        overwrites = g.N * K > 0 and (algorithm == "winograd"
+                                      or (algorithm == "direct" and g.sh == g.sw == 1))
+        gx = (np.empty if overwrites else np.zeros)(g.input_shape, dtype=dtype)
     if g.N == 0 or K == 0:
         return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
@@ -198,11 +205,14 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
     if algorithm == "direct":
         geo = (g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, G, nt)
         if need_input:
-            _direct.direct_grad_input(gy, weight, gx, *geo)
+            if g.sh == 1 and g.sw == 1:
+                _direct_grad_input_full(gy, weight, gx, g, nt)
+            else:
+                _direct.direct_grad_input(gy, weight, gx, *geo)
         if need_weight:
             gw = np.empty(weight.shape, dtype=dtype)
-            scratch = np.empty((nt, g.Wo + 1), dtype=dtype)
-            _direct.direct_grad_weight(gy, x, gw, scratch, *geo)
+            xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
+            _direct.direct_grad_weight(gy, xp, gw, g.sh, g.sw, g.dh, g.dw, G, nt)
         return gx, gw
     w = weight.reshape(G, Kg, R)
     wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
@@ -234,6 +244,25 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
             _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
     gw = np.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(weight.shape) if need_weight else None
     return gx, gw
+
+
+def _pad_planes(a, top, bottom, left, right):
+    """``a`` (N, C, H, W) zero-padded by the given amounts on each side (a negative amount crops);
+    ``a`` itself when all are 0."""
+    if top == bottom == left == right == 0:
+        return a
+    N, C, H, W = a.shape
+    out = np.empty((N, C, H + top + bottom, W + left + right), dtype=a.dtype)
+    _direct.pad_planes(a, out, top, left)
+    return out
+
+
+def _direct_grad_input_full(gy, weight, gx, g, nt):
+    """Stride-1 grad_input by the direct kernels: the "full" correlation of gy, padded by
+    dilation * (kernel - 1) - padding on each side, with the weights turned by 180 degrees."""
+    eh, ew = (g.kh - 1) * g.dh, (g.kw - 1) * g.dw
+    gyp = _pad_planes(gy, eh - g.pt, eh - g.pb, ew - g.pl, ew - g.pr)
+    _direct.direct_grad_input_full(gyp, weight, gx, g.dh, g.dw, g.groups, nt)
 
 
 # Winograd F(4x4, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
