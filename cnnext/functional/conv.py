@@ -5,6 +5,8 @@ The batch is processed in chunks whose column matrix fits the workspace cap
 BLAS; everything else runs in the Cython kernels of ``cnnext._im2col``. Groups are handled by one
 batched matmul over the groups (no Python loop over groups).
 """
+import functools
+
 import numpy as np
 
 from cnnext import _direct, _im2col, _parallel, _winograd
@@ -79,11 +81,17 @@ def _backward(func, grad_output, input, weight, stride, padding, dilation, group
     return gx, gw, gb
 
 
-def _backward_checked(x, weight, gy, g, need_input, need_weight):
+def _backward_checked(x, weight, gy, g, need_input, need_weight, out_weight=None, out_bias=None):
     """_backward for arguments already checked against geometry ``g`` (x and gy 4-D, all C-contiguous
-    in one float dtype): (grad_input or None, grad_weight or None, grad_bias)."""
-    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
-    return gx, gw, gy.sum(axis=(0, 2, 3))
+    in one float dtype): (grad_input or None, grad_weight or None, grad_bias).
+
+    out_weight, out_bias: optional C-contiguous arrays of the gradients' shapes and dtype that
+    receive them (then returned); the kernels write into them directly where they can."""
+    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight)
+    if out_weight is not None and gw is not None and gw is not out_weight:
+        out_weight[...] = gw
+        gw = out_weight
+    return gx, gw, gy.sum(axis=(0, 2, 3), out=out_bias)
 
 
 def _algorithm(g):
@@ -98,10 +106,16 @@ def _algorithm(g):
     0.5x on a batch of 16; 1.0x and slower on LeNet's second layer, 16 filters over 150 taps).
     """
     forced = get_conv_algorithm()
+    if forced == "auto":
+        return _auto_algorithm(g)
     if forced == "winograd":
         return "winograd" if _winograd_eligible(g) else "gemm"
-    if forced != "auto":
-        return forced
+    return forced
+
+
+@functools.lru_cache(maxsize=256)
+def _auto_algorithm(g):
+    """_algorithm's 'auto' choice, cached per geometry (layers call it with the same one)."""
     if g.pointwise:
         return "gemm"
     if _winograd_eligible(g) and any(min(g.Ho, g.Wo) >= size and min(g.C, g.K) >= channels
@@ -143,20 +157,20 @@ def _forward(x, weight, bias, g):
     if y.size == 0:
         return y
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
+    has_bias = bias is not None
+    b = bias if has_bias else np.empty(0, dtype=dtype)
+    algorithm = _algorithm(g)
+    if algorithm == "direct":
+        xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
+        _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+        return y
+    if algorithm == "winograd":
+        _winograd_conv(x, weight, b, has_bias, y, g.pt, g.pl, nt)
+        return y
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
     w = weight.reshape(G, Kg, R)
-    has_bias = bias is not None
-    b = bias if has_bias else np.empty(0, dtype=dtype)
-    algorithm = _algorithm(g)
-    if algorithm == "winograd":
-        _winograd_conv(x, weight, b, has_bias, y, g.pt, g.pl, nt)
-        return y
-    if algorithm == "direct":
-        xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
-        _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, G, nt)
-        return y
     if g.pointwise:
         # 1x1, stride 1, no padding: the input already is the column matrix of each sample.
         np.matmul(w, x.reshape(g.N, G, Cg, P), out=y.reshape(g.N, G, Kg, P))
@@ -177,16 +191,15 @@ def _forward(x, weight, bias, g):
     return y
 
 
-def _backward_kernels(x, weight, gy, g, need_input, need_weight):
+def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None):
+    """(grad_input or None, grad_weight or None); the direct kernels write grad_weight into
+    ``out_weight`` when given, the other algorithms return a new array."""
     dtype = x.dtype
-    G, K, P = g.groups, g.K, g.Ho * g.Wo
-    Kg, Cg = K // G, g.C // G
-    R = Cg * g.kh * g.kw
+    K = g.K
     algorithm = _algorithm(g)
-    # Winograd writes every element of grad_input; the other algorithms accumulate into it
+    # Winograd and direct at stride 1 write every element of grad_input; the others accumulate
     gx = None
     if need_input:
-        # (so does direct at stride 1)
         overwrites = g.N * K > 0 and (algorithm == "winograd"
                                       or (algorithm == "direct" and g.sh == g.sw == 1))
         gx = (np.empty if overwrites else np.zeros)(g.input_shape, dtype=dtype)
@@ -194,6 +207,21 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
         return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
     gw = None
+    if algorithm == "direct":
+        if need_input:
+            if g.sh == 1 and g.sw == 1:
+                _direct_grad_input_full(gy, weight, gx, g, nt)
+            else:
+                _direct.direct_grad_input(gy, weight, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
+                                          g.groups, nt)
+        if need_weight:
+            gw = np.empty(weight.shape, dtype=dtype) if out_weight is None else out_weight
+            xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
+            _direct.direct_grad_weight(gy, xp, gw, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+        return gx, gw
+    G, P = g.groups, g.Ho * g.Wo
+    Kg, Cg = K // G, g.C // G
+    R = Cg * g.kh * g.kw
     if algorithm == "winograd":
         if need_input:
             # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
@@ -201,18 +229,6 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
             _winograd_conv(gy, rotated, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
         if need_weight:
             gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
-        return gx, gw
-    if algorithm == "direct":
-        geo = (g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, G, nt)
-        if need_input:
-            if g.sh == 1 and g.sw == 1:
-                _direct_grad_input_full(gy, weight, gx, g, nt)
-            else:
-                _direct.direct_grad_input(gy, weight, gx, *geo)
-        if need_weight:
-            gw = np.empty(weight.shape, dtype=dtype)
-            xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
-            _direct.direct_grad_weight(gy, xp, gw, g.sh, g.sw, g.dh, g.dw, G, nt)
         return gx, gw
     w = weight.reshape(G, Kg, R)
     wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
