@@ -211,10 +211,35 @@ def direct_grad_input(const floating[:, :, :, ::1] gy, const floating[:, :, :, :
                                     dst[ow * sw] += wv * src[ow]
 
 
+cdef inline floating _plane_sum(const floating* a, Py_ssize_t N, Py_ssize_t sample,
+                               Py_ssize_t P) noexcept nogil:
+    """Sum of the N planes of P elements at a, a + sample, ...: BLOCK lanes, then the tail, in a
+    fixed order."""
+    cdef Py_ssize_t B = _block(a), n, p, j
+    cdef floating acc[_BLOCK_MAX]
+    cdef floating tail = 0, total = 0
+    for j in range(B):
+        acc[j] = 0
+    for n in range(N):
+        p = 0
+        while p + B <= P:
+            for j in range(B):
+                acc[j] += a[n * sample + p + j]
+            p += B
+        while p < P:
+            tail += a[n * sample + p]
+            p += 1
+    for j in range(B):
+        total = total + acc[j]
+    return total + tail
+
+
 def direct_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
-                       floating[:, :, :, ::1] gw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
-                       Py_ssize_t dw, Py_ssize_t groups, int num_threads=1):
-    """gw[k, cg, ki, kj] = sum over samples and output pixels of gy[n, k] * shifted padded x[n, c].
+                       floating[:, :, :, ::1] gw, floating[::1] gb, bint need_bias,
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t groups, int num_threads=1):
+    """gw[k, cg, ki, kj] = sum over samples and output pixels of gy[n, k] * shifted padded x[n, c];
+    with need_bias also gb[k] = the sum of gy[:, k].
 
     Each (filter, channel) slice is a forward pass with the roles swapped: x[:, c] is the input,
     gy[:, k] the (Ho, Wo) filter over the N samples, stride (dh, dw) and dilation (sh, sw); every
@@ -228,6 +253,8 @@ def direct_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, 
         return
     if N == 0 or Ho == 0 or Wo == 0:
         gw[...] = 0
+        if need_bias:
+            gb[...] = 0
         return
     with nogil:
         for t in prange(K * Cg, schedule='static', num_threads=num_threads):
@@ -237,6 +264,8 @@ def direct_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, 
             # output "rows" are ki, "columns" kj; the taps run over (n, oh, ow)
             _forward_plane(&gw[k, cg, 0, 0], kh, kw, &x[0, c, 0, 0], dh * W, &gy[0, k, 0, 0],
                            K * Ho * Wo, Wo, 1, 0, N, Ho, Wo, C * H * W, sh * W, sw, dw)
+            if need_bias and cg == 0:
+                gb[k] = _plane_sum(&gy[0, k, 0, 0], N, K * Ho * Wo, Ho * Wo)
 
 
 def pad_planes(const floating[:, :, :, ::1] a, floating[:, :, :, ::1] out, Py_ssize_t top,

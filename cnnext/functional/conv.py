@@ -87,11 +87,13 @@ def _backward_checked(x, weight, gy, g, need_input, need_weight, out_weight=None
 
     out_weight, out_bias: optional C-contiguous arrays of the gradients' shapes and dtype that
     receive them (then returned); the kernels write into them directly where they can."""
-    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight)
+    gx, gw, gb = _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight, out_bias)
     if out_weight is not None and gw is not None and gw is not out_weight:
         out_weight[...] = gw
         gw = out_weight
-    return gx, gw, gy.sum(axis=(0, 2, 3), out=out_bias)
+    if gb is None:
+        gb = gy.sum(axis=(0, 2, 3), out=out_bias)
+    return gx, gw, gb
 
 
 def _algorithm(g):
@@ -191,9 +193,10 @@ def _forward(x, weight, bias, g):
     return y
 
 
-def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None):
-    """(grad_input or None, grad_weight or None); the direct kernels write grad_weight into
-    ``out_weight`` when given, the other algorithms return a new array."""
+def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None, out_bias=None):
+    """(grad_input or None, grad_weight or None, grad_bias or None). The direct kernels write
+    grad_weight into ``out_weight`` when given (the other algorithms return a new array) and, with
+    grad_weight, compute grad_bias too (into ``out_bias`` when given); otherwise it is None."""
     dtype = x.dtype
     K = g.K
     algorithm = _algorithm(g)
@@ -204,7 +207,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
                                       or (algorithm == "direct" and g.sh == g.sw == 1))
         gx = (np.empty if overwrites else np.zeros)(g.input_shape, dtype=dtype)
     if g.N == 0 or K == 0:
-        return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
+        return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None), None
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
     gw = None
     if algorithm == "direct":
@@ -214,11 +217,13 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
             else:
                 _direct.direct_grad_input(gy, weight, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                                           g.groups, nt)
+        gb = None
         if need_weight:
             gw = np.empty(weight.shape, dtype=dtype) if out_weight is None else out_weight
+            gb = np.empty(K, dtype=dtype) if out_bias is None else out_bias
             xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
-            _direct.direct_grad_weight(gy, xp, gw, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
-        return gx, gw
+            _direct.direct_grad_weight(gy, xp, gw, gb, True, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+        return gx, gw, gb
     G, P = g.groups, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
@@ -229,7 +234,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
             _winograd_conv(gy, rotated, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
         if need_weight:
             gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
-        return gx, gw
+        return gx, gw, None
     w = weight.reshape(G, Kg, R)
     wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
     chunk = _chunk_size(g, dtype.itemsize)
@@ -259,7 +264,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
             np.matmul(wt, d3, out=c.reshape(G, R, nc * P))
             _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
     gw = np.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(weight.shape) if need_weight else None
-    return gx, gw
+    return gx, gw, None
 
 
 def _pad_planes(a, top, bottom, left, right):
