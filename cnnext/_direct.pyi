@@ -65,7 +65,7 @@ def direct_grad_weight(
     groups: int,
     num_threads: int = 1,
 ) -> None:
-    """gw[k, cg, ki, kj] = sum over samples and output pixels of gy[n, k] * shifted padded x[n, c];"""
+    """gw[k, cg, ki, kj] = sum over samples and pixels of gy[n, k] * shifted padded x[n, c]."""
 
 def pad_planes(a: NDArray[_F], out: NDArray[_F], top: int, left: int) -> None:
     """out[n, c, i, j] = a[n, c, i - top, j - left] inside a, else 0 (negative top/left crop)."""

@@ -4,9 +4,9 @@
 # channels per group (depthwise and other grouped convolutions) and thin problems such as LeNet's
 # first layer, where BLAS never reaches speed (see _algorithm in functional/conv.py). All three
 # passes run one register-blocked kernel, _forward_plane: a block of 2 output rows by BLOCK (8
-# float64 or 16 float32), BLOCK/2 or 1 columns lives in a local array that the C compiler keeps in
-# vector registers (the loops over the block have a constant size once inlined and unroll), so each
-# tap costs loads and multiply-adds only, with no store until the block is done.
+# float64 or 16 float32), BLOCK/2, BLOCK/4 or 1 columns lives in a local array that the C compiler
+# keeps in vector registers (the loops over the block have a constant size once inlined and
+# unroll), so each tap costs loads and multiply-adds only, with no store until the block is done.
 #
 #   forward      prange over (sample, filter) output planes; each output starts from the bias and
 #                adds the taps in (channel, row, column) order. The input is *valid*: the caller
@@ -85,7 +85,8 @@ cdef inline void _forward_rows(floating* dst, Py_ssize_t Wo, const floating* src
                                Py_ssize_t wrow, Py_ssize_t wcol, floating b, Py_ssize_t Cg,
                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t plane, Py_ssize_t row,
                                Py_ssize_t dw, Py_ssize_t sw, Py_ssize_t rows) noexcept nogil:
-    """`rows` output rows (1 or 2): blocks of BLOCK columns, then BLOCK/2, then single columns."""
+    """`rows` output rows (1 or 2): blocks of BLOCK columns, then BLOCK/2, BLOCK/4 (one vector),
+    then single columns."""
     cdef Py_ssize_t B = _block(dst), ow = 0
     while ow + B <= Wo:
         _forward_block(dst + ow, Wo, src + ow * sw, src_row, w, wplane, wrow, wcol, b, Cg, kh, kw,
@@ -95,6 +96,10 @@ cdef inline void _forward_rows(floating* dst, Py_ssize_t Wo, const floating* src
         _forward_block(dst + ow, Wo, src + ow * sw, src_row, w, wplane, wrow, wcol, b, Cg, kh, kw,
                        plane, row, dw, sw, rows, B // 2)
         ow += B // 2
+    if ow + B // 4 <= Wo:
+        _forward_block(dst + ow, Wo, src + ow * sw, src_row, w, wplane, wrow, wcol, b, Cg, kh, kw,
+                       plane, row, dw, sw, rows, B // 4)
+        ow += B // 4
     while ow < Wo:
         _forward_block(dst + ow, Wo, src + ow * sw, src_row, w, wplane, wrow, wcol, b, Cg, kh, kw,
                        plane, row, dw, sw, rows, 1)

@@ -1,10 +1,10 @@
 """The register-blocked direct kernels (cnnext/_direct.pyx) against the naive float64 oracle.
 
 The shapes are chosen to reach every block of the kernels: output widths below, at and above the
-column blocks (8 float64 / 16 float32 columns, then half a block, then single columns), odd and even
-output heights (rows run in pairs), grad_weight's 1- to 5-wide kernels (its "output" is the kernel),
-stride-1 grad_input through the full correlation on the padded grad_output, and other strides through
-the scatter kernel.
+column blocks (8 float64 / 16 float32 columns, then a half and a quarter block, then single
+columns), odd and even output heights (rows run in pairs), grad_weight's 1- to 5-wide kernels (its
+"output" is the kernel), stride-1 grad_input through the full correlation on the padded
+grad_output, and other strides through the scatter kernel.
 """
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ CASES = {
     "lenet1_batch": (3, 1, 12, 13, 6, 5, 5, 1, 0, 1, 1),
     "width1": (2, 2, 5, 3, 3, 3, 3, 1, 0, 1, 1),
     "width_blocks": (1, 2, 7, 40, 2, 3, 3, 1, 1, 1, 1),  # Wo 40 = 16 + 16 + 8 / 5 x 8 blocks
-    "width_tail": (2, 1, 6, 30, 2, 2, 3, 1, 0, 1, 1),  # Wo 28: blocks, half block, single columns
+    "width_tail": (2, 1, 6, 33, 2, 2, 3, 1, 0, 1, 1),  # Wo 31: every block size, single columns
     "odd_rows": (1, 3, 9, 11, 4, 3, 2, 1, (1, 0), 1, 1),
     "wide_kernel": (1, 2, 10, 12, 3, 1, 5, 1, (0, 2), 1, 1),
     "stride2": (2, 2, 11, 19, 3, 3, 3, 2, 1, 1, 1),
