@@ -1,8 +1,9 @@
 # Type stubs for the compiled module cnnext/_direct.pyx (checked by `python -m mypy.stubtest`).
 #
-# Direct convolution kernels (depthwise and thin grouped convolutions). Fused-type Cython functions:
-# every floating array of one call is float32 or float64 (the TypeVar _F); arrays are C-contiguous
-# NCHW / (K, C/groups, kh, kw) and are validated and allocated by cnnext/functional.
+# Direct convolution kernels (depthwise, thin grouped and tiny convolutions). Fused-type Cython
+# functions: every floating array of one call is float32 or float64 (the TypeVar _F); arrays are
+# C-contiguous NCHW / (K, C/groups, kh, kw) and are validated, padded and allocated by
+# cnnext/functional.
 from typing import TypeVar
 
 import numpy as np
@@ -18,14 +19,23 @@ def direct_forward(
     has_bias: bool,
     sh: int,
     sw: int,
-    pt: int,
-    pl: int,
     dh: int,
     dw: int,
     groups: int,
     num_threads: int = 1,
 ) -> None:
-    """y[n, k] = bias[k] + sum over the group's channels and taps of w * shifted x[n, c]."""
+    """y[n, k] = bias[k] + sum over the group's channels and taps of w * shifted padded x[n, c]."""
+
+def direct_grad_input_full(
+    gy: NDArray[_F],
+    w: NDArray[_F],
+    gx: NDArray[_F],
+    dh: int,
+    dw: int,
+    groups: int,
+    num_threads: int = 1,
+) -> None:
+    """Stride-1 grad_input: the "full" correlation of the padded gy with the turned filters."""
 
 def direct_grad_input(
     gy: NDArray[_F],
@@ -46,17 +56,16 @@ def direct_grad_weight(
     gy: NDArray[_F],
     x: NDArray[_F],
     gw: NDArray[_F],
-    scratch: NDArray[_F],
+    gb: NDArray[_F],
+    need_bias: bool,
     sh: int,
     sw: int,
-    pt: int,
-    pl: int,
     dh: int,
     dw: int,
     groups: int,
     num_threads: int = 1,
 ) -> None:
-    """gw[k, cg, ki, kj] = sum over samples and output pixels of gy[n, k] * shifted x[n, c].
+    """gw[k, cg, ki, kj] = sum over samples and pixels of gy[n, k] * shifted padded x[n, c]."""
 
-    scratch has shape (num_threads, Wo + 1): one private row of partial sums per thread.
-    """
+def pad_planes(a: NDArray[_F], out: NDArray[_F], top: int, left: int) -> None:
+    """out[n, c, i, j] = a[n, c, i - top, j - left] inside a, else 0 (negative top/left crop)."""

@@ -582,11 +582,9 @@ class ConvLayer:
         """One conv2d_backward of the checked input ``x`` and sensitivity ``s`` (same layout)."""
         unbatched = x.ndim == 3
         x4, s4 = (x[None], s[None]) if unbatched else (x, s)
-        gx, gw, gb = _conv2d_backward_checked(x4, self._weights, s4, self._geometry(x4, func),
-                                              need_input, need_weight)
-        if need_weight:
-            self._weights_grad[...] = gw
-            self._bias_grad[...] = gb
+        out_w, out_b = (self._weights_grad, self._bias_grad) if need_weight else (None, None)
+        gx, _, _ = _conv2d_backward_checked(x4, self._weights, s4, self._geometry(x4, func),
+                                            need_input, need_weight, out_w, out_b)
         return gx[0] if unbatched and need_input else gx
 
     def _set_delta(self, grad_input, x, activator):

@@ -74,8 +74,9 @@ def test_conv2d_nan_inf(dtype, algorithm, where):
         args = dict(stride=(1, 2), padding=1, groups=2)
     else:
         # No padding here: with an infinite grad_output, an implicit zero of the padding times inf
-        # is NaN in im2col's GEMM (and in the oracle), while the direct kernel never multiplies by
-        # the padding; that choice is outside what cnnext promises (see docs/README_guarantees.md).
+        # is NaN in im2col's GEMM, the direct kernels and the oracle, but the strided direct
+        # grad_input never multiplies by the padding; that choice is outside what cnnext promises
+        # (see docs/README_guarantees.md).
         x = rng.standard_normal((2, 4, 7, 6)).astype(dtype)
         args = dict(stride=(1, 2), padding=0, groups=2)
     with force_conv_algorithm(algorithm):

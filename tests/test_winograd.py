@@ -212,7 +212,7 @@ def test_auto_picks_winograd_where_it_was_measured_faster():
         assert algorithm(channels, channels, size) == "winograd"
         assert algorithm(channels, 2 * channels, size) == "winograd"
         assert algorithm(channels, channels, size, stride=2) == "gemm"
-    assert algorithm(1, 1, 64) == "gemm"  # too few channels at any size
+    assert algorithm(1, 1, 64) == "direct"  # too few channels at any size (thin: direct)
     assert algorithm(256, 256, 4) == "gemm"  # too small an output at any width
     assert algorithm(16, 16, 8) == "gemm" and algorithm(16, 16, 16) == "winograd"
     with force_conv_algorithm("gemm"):

@@ -5,6 +5,8 @@ The batch is processed in chunks whose column matrix fits the workspace cap
 BLAS; everything else runs in the Cython kernels of ``cnnext._im2col``. Groups are handled by one
 batched matmul over the groups (no Python loop over groups).
 """
+import functools
+
 import numpy as np
 
 from cnnext import _direct, _im2col, _parallel, _winograd
@@ -79,34 +81,52 @@ def _backward(func, grad_output, input, weight, stride, padding, dilation, group
     return gx, gw, gb
 
 
-def _backward_checked(x, weight, gy, g, need_input, need_weight):
+def _backward_checked(x, weight, gy, g, need_input, need_weight, out_weight=None, out_bias=None):
     """_backward for arguments already checked against geometry ``g`` (x and gy 4-D, all C-contiguous
-    in one float dtype): (grad_input or None, grad_weight or None, grad_bias)."""
-    gx, gw = _backward_kernels(x, weight, gy, g, need_input, need_weight)
-    return gx, gw, gy.sum(axis=(0, 2, 3))
+    in one float dtype): (grad_input or None, grad_weight or None, grad_bias).
+
+    out_weight, out_bias: optional C-contiguous arrays of the gradients' shapes and dtype that
+    receive them (then returned); the kernels write into them directly where they can."""
+    gx, gw, gb = _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight, out_bias)
+    if out_weight is not None and gw is not None and gw is not out_weight:
+        out_weight[...] = gw
+        gw = out_weight
+    if gb is None:
+        gb = gy.sum(axis=(0, 2, 3), out=out_bias)
+    return gx, gw, gb
 
 
 def _algorithm(g):
     """'direct', 'gemm' or 'winograd' for this geometry (a forced choice wins; see
     force_conv_algorithm; a forced 'winograd' falls back to 'gemm' where it does not apply).
 
-    im2col + GEMM pays for writing and re-reading the column matrix; for depthwise and other
-    grouped convolutions with a few filters per group, each group's GEMM is too thin to earn that
-    back and the direct kernels, which read the input straight from cache, are faster (measured:
-    3x on a 64-channel depthwise 3x3). With groups=1, even LeNet's 6-filter first layer runs
-    faster as one GEMM over the batch.
+    im2col + GEMM pays for writing and re-reading the column matrix, and BLAS runs thin matrices
+    slowly. 'direct' is chosen when each group's GEMM is thin: at most 4 filters per group with
+    groups > 1 (depthwise and the like; measured 3x faster on a 64-channel depthwise 3x3), or at
+    most 8 filters per group with a reduction (channels per group * kh * kw) of at most 32, such as
+    LeNet's first layer (measured, fwd+bwd on one thread: 0.7x GEMM's time on one 1x28x28 sample,
+    0.5x on a batch of 16; 1.0x and slower on LeNet's second layer, 16 filters over 150 taps).
     """
     forced = get_conv_algorithm()
+    if forced == "auto":
+        return _auto_algorithm(g)
     if forced == "winograd":
         return "winograd" if _winograd_eligible(g) else "gemm"
-    if forced != "auto":
-        return forced
+    return forced
+
+
+@functools.lru_cache(maxsize=256)
+def _auto_algorithm(g):
+    """_algorithm's 'auto' choice, cached per geometry (layers call it with the same one)."""
     if g.pointwise:
         return "gemm"
     if _winograd_eligible(g) and any(min(g.Ho, g.Wo) >= size and min(g.C, g.K) >= channels
                                      for size, channels in _WINOGRAD_AUTO):
         return "winograd"
-    return "direct" if g.groups > 1 and g.K // g.groups <= 4 else "gemm"
+    Kg = g.K // g.groups
+    if (g.groups > 1 and Kg <= 4) or (Kg <= 8 and (g.C // g.groups) * g.kh * g.kw <= 32):
+        return "direct"
+    return "gemm"
 
 
 # Target size of one chunk's column matrix plus GEMM output: bounded so the workspace stays small,
@@ -139,20 +159,20 @@ def _forward(x, weight, bias, g):
     if y.size == 0:
         return y
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
+    has_bias = bias is not None
+    b = bias if has_bias else np.empty(0, dtype=dtype)
+    algorithm = _algorithm(g)
+    if algorithm == "direct":
+        xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
+        _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+        return y
+    if algorithm == "winograd":
+        _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
+        return y
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
     w = weight.reshape(G, Kg, R)
-    has_bias = bias is not None
-    b = bias if has_bias else np.empty(0, dtype=dtype)
-    algorithm = _algorithm(g)
-    if algorithm == "winograd":
-        _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
-        return y
-    if algorithm == "direct":
-        _direct.direct_forward(x, weight, y, b, has_bias, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
-                               G, nt)
-        return y
     if g.pointwise:
         # 1x1, stride 1, no padding: the input already is the column matrix of each sample.
         np.matmul(w, x.reshape(g.N, G, Cg, P), out=y.reshape(g.N, G, Kg, P))
@@ -173,36 +193,47 @@ def _forward(x, weight, bias, g):
     return y
 
 
-def _backward_kernels(x, weight, gy, g, need_input, need_weight):
+def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None, out_bias=None):
+    """(grad_input or None, grad_weight or None, grad_bias or None). The direct kernels write
+    grad_weight into ``out_weight`` when given (the other algorithms return a new array) and, with
+    grad_weight, compute grad_bias too (into ``out_bias`` when given); otherwise it is None."""
     dtype = x.dtype
-    G, K, P = g.groups, g.K, g.Ho * g.Wo
-    Kg, Cg = K // G, g.C // G
-    R = Cg * g.kh * g.kw
+    K = g.K
     algorithm = _algorithm(g)
-    # Winograd writes every element of grad_input; the other algorithms accumulate into it
+    # Winograd and direct at stride 1 write every element of grad_input; the others accumulate
     gx = None
     if need_input:
-        gx = (np.empty if algorithm == "winograd" and g.N * K > 0 else np.zeros)(g.input_shape, dtype=dtype)
+        overwrites = g.N * K > 0 and (algorithm == "winograd"
+                                      or (algorithm == "direct" and g.sh == g.sw == 1))
+        gx = (np.empty if overwrites else np.zeros)(g.input_shape, dtype=dtype)
     if g.N == 0 or K == 0:
-        return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None)
+        return gx, (np.zeros(weight.shape, dtype=dtype) if need_weight else None), None
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)
     gw = None
+    if algorithm == "direct":
+        if need_input:
+            if g.sh == 1 and g.sw == 1:
+                _direct_grad_input_full(gy, weight, gx, g, nt)
+            else:
+                _direct.direct_grad_input(gy, weight, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
+                                          g.groups, nt)
+        gb = None
+        if need_weight:
+            gw = np.empty(weight.shape, dtype=dtype) if out_weight is None else out_weight
+            gb = np.empty(K, dtype=dtype) if out_bias is None else out_bias
+            xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
+            _direct.direct_grad_weight(gy, xp, gw, gb, True, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+        return gx, gw, gb
+    G, P = g.groups, g.Ho * g.Wo
+    Kg, Cg = K // G, g.C // G
+    R = Cg * g.kh * g.kw
     if algorithm == "winograd":
         if need_input:
             # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
             _winograd_conv(gy, weight, True, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
         if need_weight:
             gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
-        return gx, gw
-    if algorithm == "direct":
-        geo = (g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, G, nt)
-        if need_input:
-            _direct.direct_grad_input(gy, weight, gx, *geo)
-        if need_weight:
-            gw = np.empty(weight.shape, dtype=dtype)
-            scratch = np.empty((nt, g.Wo + 1), dtype=dtype)
-            _direct.direct_grad_weight(gy, x, gw, scratch, *geo)
-        return gx, gw
+        return gx, gw, None
     w = weight.reshape(G, Kg, R)
     wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
     chunk = _chunk_size(g, dtype.itemsize)
@@ -232,7 +263,26 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight):
             np.matmul(wt, d3, out=c.reshape(G, R, nc * P))
             _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
     gw = np.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(weight.shape) if need_weight else None
-    return gx, gw
+    return gx, gw, None
+
+
+def _pad_planes(a, top, bottom, left, right):
+    """``a`` (N, C, H, W) zero-padded by the given amounts on each side (a negative amount crops);
+    ``a`` itself when all are 0."""
+    if top == bottom == left == right == 0:
+        return a
+    N, C, H, W = a.shape
+    out = np.empty((N, C, H + top + bottom, W + left + right), dtype=a.dtype)
+    _direct.pad_planes(a, out, top, left)
+    return out
+
+
+def _direct_grad_input_full(gy, weight, gx, g, nt):
+    """Stride-1 grad_input by the direct kernels: the "full" correlation of gy, padded by
+    dilation * (kernel - 1) - padding on each side, with the weights turned by 180 degrees."""
+    eh, ew = (g.kh - 1) * g.dh, (g.kw - 1) * g.dw
+    gyp = _pad_planes(gy, eh - g.pt, eh - g.pb, ew - g.pl, ew - g.pr)
+    _direct.direct_grad_input_full(gyp, weight, gx, g.dh, g.dw, g.groups, nt)
 
 
 # Winograd F(4x4, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
