@@ -205,14 +205,14 @@ def test_auto_picks_winograd_where_it_was_measured_faster():
     def algorithm(C, K, size, stride=1):
         x = np.zeros((2, C, size, size), np.float32)
         w = np.zeros((K, C, 3, 3), np.float32)
-        return conv._algorithm(check_conv2d("t", x, w, None, stride, 1, 1, 1)[3])
+        return conv._algorithm(check_conv2d("t", x, w, None, stride, 1, 1, 1)[3], x.dtype)
 
     assert conv._WINOGRAD_AUTO  # at least one (size, channels) rule
     for size, channels in conv._WINOGRAD_AUTO:
         assert algorithm(channels, channels, size) == "winograd"
         assert algorithm(channels, 2 * channels, size) == "winograd"
         assert algorithm(channels, channels, size, stride=2) == "gemm"
-    assert algorithm(1, 1, 64) == "direct"  # too few channels at any size (thin: direct)
+    assert algorithm(1, 1, 64) == "gemm"  # too few channels at any size (float32: not thin-direct)
     assert algorithm(256, 256, 4) == "gemm"  # too small an output at any width
     assert algorithm(16, 16, 8) == "gemm" and algorithm(16, 16, 16) == "winograd"
     with force_conv_algorithm("gemm"):

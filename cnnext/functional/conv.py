@@ -96,35 +96,38 @@ def _backward_checked(x, weight, gy, g, need_input, need_weight, out_weight=None
     return gx, gw, gb
 
 
-def _algorithm(g):
-    """'direct', 'gemm' or 'winograd' for this geometry (a forced choice wins; see
+def _algorithm(g, dtype):
+    """'direct', 'gemm' or 'winograd' for this geometry and dtype (a forced choice wins; see
     force_conv_algorithm; a forced 'winograd' falls back to 'gemm' where it does not apply).
 
     im2col + GEMM pays for writing and re-reading the column matrix, and BLAS runs thin matrices
     slowly. 'direct' is chosen when each group's GEMM is thin: at most 4 filters per group with
-    groups > 1 (depthwise and the like; measured 3x faster on a 64-channel depthwise 3x3), or at
-    most 8 filters per group with a reduction (channels per group * kh * kw) of at most 32, such as
-    LeNet's first layer (measured, fwd+bwd on one thread: 0.7x GEMM's time on one 1x28x28 sample,
-    0.5x on a batch of 16; 1.0x and slower on LeNet's second layer, 16 filters over 150 taps).
+    groups > 1 (depthwise and the like; measured 3x faster on a 64-channel depthwise 3x3), or, in
+    float64, at most 8 filters per group with a reduction (channels per group * kh * kw) of at most
+    32, such as LeNet's first layer. Measured fwd+bwd on LeNet conv1, direct / GEMM time: float64
+    0.65 on one 1x28x28 sample, 0.7-0.77 on batches of 4-64 (1 and 2 threads); but float32 1.04 on
+    one sample and 1.3-2.0 on batches, where OpenBLAS's float32 GEMM is twice as fast; 1.0 and
+    slower on LeNet's second layer (16 filters over 150 taps).
     """
     forced = get_conv_algorithm()
     if forced == "auto":
-        return _auto_algorithm(g)
+        return _auto_algorithm(g, dtype == np.float64)
     if forced == "winograd":
         return "winograd" if _winograd_eligible(g) else "gemm"
     return forced
 
 
 @functools.lru_cache(maxsize=256)
-def _auto_algorithm(g):
-    """_algorithm's 'auto' choice, cached per geometry (layers call it with the same one)."""
+def _auto_algorithm(g, double):
+    """_algorithm's 'auto' choice, cached per geometry and precision (layers call it with the
+    same ones)."""
     if g.pointwise:
         return "gemm"
     if _winograd_eligible(g) and any(min(g.Ho, g.Wo) >= size and min(g.C, g.K) >= channels
                                      for size, channels in _WINOGRAD_AUTO):
         return "winograd"
     Kg = g.K // g.groups
-    if (g.groups > 1 and Kg <= 4) or (Kg <= 8 and (g.C // g.groups) * g.kh * g.kw <= 32):
+    if (g.groups > 1 and Kg <= 4) or (double and Kg <= 8 and (g.C // g.groups) * g.kh * g.kw <= 32):
         return "direct"
     return "gemm"
 
@@ -161,7 +164,7 @@ def _forward(x, weight, bias, g):
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=dtype)
-    algorithm = _algorithm(g)
+    algorithm = _algorithm(g, dtype)
     if algorithm == "direct":
         xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
         _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
@@ -199,7 +202,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
     grad_weight, compute grad_bias too (into ``out_bias`` when given); otherwise it is None."""
     dtype = x.dtype
     K = g.K
-    algorithm = _algorithm(g)
+    algorithm = _algorithm(g, dtype)
     # Winograd and direct at stride 1 write every element of grad_input; the others accumulate
     gx = None
     if need_input:
