@@ -26,7 +26,7 @@ from setuptools import Extension, setup
 
 EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers", "_winograd"]
 # C headers an extension includes (rebuilt when they change; shipped in the sdist by MANIFEST.in)
-DEPENDS = {"_winograd": ["cnnext/_tile_gemm.h"]}
+DEPENDS = {"_winograd": ["cnnext/_tile_gemm.h"], "_direct": ["cnnext/_tile_gemm.h"]}
 
 
 def _flag(name, default):

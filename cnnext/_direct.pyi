@@ -69,3 +69,33 @@ def direct_grad_weight(
 
 def pad_planes(a: NDArray[_F], out: NDArray[_F], top: int, left: int) -> None:
     """out[n, c, i, j] = a[n, c, i - top, j - left] inside a, else 0 (negative top/left crop)."""
+
+def small_conv(
+    x: NDArray[_F],
+    top: int,
+    left: int,
+    w: NDArray[_F],
+    flip: bool,
+    y: NDArray[_F],
+    bias: NDArray[_F],
+    has_bias: bool,
+) -> None:
+    """y[n, k] = bias[k] + sum over c of the correlation (valid, stride 1) of x[n, c] zero-padded
+    by (top, left) and to the size the output needs (negative: cropped) with f[k, c]; f = w
+    (K, C, kh, kw) or, with flip, the filters of the transposed convolution, f[k, c] =
+    w[c, k, ::-1, ::-1] for w of shape (C, K, kh, kw) (grad_input from grad_output). Every output
+    sums (c, ki, kj) in order."""
+
+def small_grad_weight(
+    x: NDArray[_F],
+    top: int,
+    left: int,
+    gy: NDArray[_F],
+    gw: NDArray[_F],
+    gb: NDArray[_F],
+    need_bias: bool,
+) -> None:
+    """gw[k, c] = sum over n of the correlation (stride 1, dilation 1) of x[n, c], zero-padded by
+    (top, left) and to the size gy needs, with gy[n, k]; each weight sums the output pixels in
+    order, then the samples in order. gw must be C-contiguous (it is written as one block).
+    With need_bias also gb[k] = the sum of gy[:, k] (as direct_grad_weight sums it)."""

@@ -19,6 +19,12 @@
 #                slices: x[:, c] (padded) is the input, gy[:, k] the filter, stride (dh, dw) and
 #                dilation (sh, sw); each weight sums samples, then rows, then columns, in order.
 #
+# small_conv / small_grad_weight: the same three passes for small stride-1 problems (chosen in
+# functional/conv.py), in the C kernels of _tile_gemm.h with AVX2+FMA dispatch: forward with 6
+# filters per register block (4 or more filters), else one filter and 6 output rows per block
+# (also grad_input, on grad_output padded by kernel - 1 - padding, filters turned); grad_weight
+# with 6 filters per block, each (channel, tap row) of x the shifted rows.
+#
 # Padding is multiplied in as zeros, as in im2col + GEMM. Every thread writes only its own planes,
 # and every sum runs in the same order for any thread count, so results are bitwise identical
 # whatever `num_threads` is. Arguments are validated in Python (cnnext/_validation.py); the loops
@@ -28,6 +34,28 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 from cnnext._indexing cimport end_valid, first_valid
+from libc.stdlib cimport malloc, free
+
+
+cdef extern from "_tile_gemm.h" nogil:
+    int cnnext_tile_gemm_init()
+    Py_ssize_t CNNEXT_SLACK(Py_ssize_t W)
+    void cnnext_rows_f32(const float* a, Py_ssize_t L, const float* base, const Py_ssize_t* off,
+                         Py_ssize_t W, float* out, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t ldo,
+                         float bias)
+    void cnnext_rows_f64(const double* a, Py_ssize_t L, const double* base,
+                         const Py_ssize_t* off, Py_ssize_t W, double* out, Py_ssize_t Ho,
+                         Py_ssize_t Wo, Py_ssize_t ldo, double bias)
+    void cnnext_implicit_f32(const float* ap, const float* base, const Py_ssize_t* off, float* c,
+                             Py_ssize_t M, Py_ssize_t L, Py_ssize_t ncols, Py_ssize_t ldc,
+                             const float* bias)
+    void cnnext_implicit_f64(const double* ap, const double* base, const Py_ssize_t* off,
+                             double* c, Py_ssize_t M, Py_ssize_t L, Py_ssize_t ncols,
+                             Py_ssize_t ldc, const double* bias)
+    enum:
+        CNNEXT_MR
+
+cnnext_tile_gemm_init()  # the AVX2+FMA or baseline build of the small-convolution kernels
 
 cdef extern from *:
     """
@@ -296,3 +324,184 @@ def pad_planes(const floating[:, :, :, ::1] a, floating[:, :, :, ::1] out, Py_ss
                     memset(dst, 0, lo * sizeof(floating))
                     memcpy(dst + lo, src + lo, (hi - lo) * sizeof(floating))
                     memset(dst + hi, 0, (Wp - hi) * sizeof(floating))
+
+
+# Small convolutions (one LeNet sample) on one thread, by the register-blocked C kernels of
+# _tile_gemm.h (AVX2+FMA where the CPU has them); stride 1, dilation 1, groups 1. Each call copies
+# its input, padded, into a buffer followed by zeroed slack that the kernels' blocks may read past
+# the valid region (those lanes are dropped).
+
+cdef inline void _rows_plane(const floating* a, Py_ssize_t L, const floating* base,
+                             const Py_ssize_t* off, Py_ssize_t W, floating* out, Py_ssize_t Ho,
+                             Py_ssize_t Wo, Py_ssize_t ldo, floating bias) noexcept nogil:
+    if floating is float:
+        cnnext_rows_f32(a, L, base, off, W, out, Ho, Wo, ldo, bias)
+    else:
+        cnnext_rows_f64(a, L, base, off, W, out, Ho, Wo, ldo, bias)
+
+
+cdef inline void _implicit(const floating* ap, const floating* base, const Py_ssize_t* off,
+                           floating* c, Py_ssize_t M, Py_ssize_t L, Py_ssize_t ncols,
+                           Py_ssize_t ldc, const floating* bias) noexcept nogil:
+    if floating is float:
+        cnnext_implicit_f32(ap, base, off, c, M, L, ncols, ldc, bias)
+    else:
+        cnnext_implicit_f64(ap, base, off, c, M, L, ncols, ldc, bias)
+
+
+cdef void* _scratch(Py_ssize_t nbytes, str func) except NULL:
+    cdef void* p = malloc(nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"cnnext._direct.{func}: no memory for the offset table")
+    return p
+
+
+cdef floating* _padded_copy(const floating[:, :, :, ::1] a, Py_ssize_t top, Py_ssize_t left,
+                            Py_ssize_t Hp, Py_ssize_t Wp, str func) except NULL:
+    """A malloc'ed copy of a (N, C, H, W) placed at (top, left) in zeroed (N, C, Hp, Wp) planes
+    (negative top/left and smaller planes crop), followed by CNNEXT_SLACK(Wp) zeros; free it."""
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], H = a.shape[2], W = a.shape[3]
+    cdef Py_ssize_t size = N * C * Hp * Wp + CNNEXT_SLACK(Wp)
+    cdef Py_ssize_t n, c, i, r, j0, j1
+    cdef floating* buf = <floating*> _scratch(size * sizeof(floating), func)
+    with nogil:
+        memset(buf, 0, size * sizeof(floating))
+        j0 = -left if left < 0 else 0          # first source column kept
+        j1 = Wp - left if Wp - left < W else W  # one past the last
+        if j1 > j0:
+            for n in range(N):
+                for c in range(C):
+                    for i in range(H):
+                        r = i + top
+                        if 0 <= r < Hp:
+                            memcpy(buf + ((n * C + c) * Hp + r) * Wp + j0 + left, &a[n, c, i, j0],
+                                   (j1 - j0) * sizeof(floating))
+    return buf
+
+
+def small_conv(const floating[:, :, :, ::1] x, Py_ssize_t top, Py_ssize_t left,
+               const floating[:, :, :, ::1] w, bint flip, floating[:, :, :, ::1] y,
+               const floating[::1] bias, bint has_bias):
+    """y[n, k] = bias[k] + sum over c of the correlation (valid, stride 1) of x[n, c] zero-padded
+    by (top, left) and to the size the output needs (negative: cropped) with f[k, c]; f = w
+    (K, C, kh, kw) or, with flip, the filters of the transposed convolution, f[k, c] =
+    w[c, k, ::-1, ::-1] for w of shape (C, K, kh, kw) (grad_input from grad_output). Every output
+    sums (c, ki, kj) in order."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t K = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t kh = w.shape[2], kw = w.shape[3]
+    cdef Py_ssize_t H = Ho + kh - 1, W = Wo + kw - 1
+    cdef Py_ssize_t wc = w.shape[0] if flip else w.shape[1]
+    cdef Py_ssize_t wk = w.shape[1] if flip else w.shape[0]
+    cdef Py_ssize_t L = C * kh * kw, n, k, c, ki, kj
+    cdef Py_ssize_t* off
+    cdef floating* a
+    cdef floating* xs
+    if wc != C or wk != K or y.shape[0] != N or (has_bias and bias.shape[0] < K):
+        raise ValueError(f"small_conv: shapes do not match: input {(N, C, x.shape[2], x.shape[3])}"
+                         f", weight {(w.shape[0], w.shape[1], kh, kw)} (flip={bool(flip)}), "
+                         f"output {(y.shape[0], K, Ho, Wo)}")
+    if N == 0 or K == 0 or Ho <= 0 or Wo <= 0:
+        return
+    xs = _padded_copy(x, top, left, H, W, "small_conv")
+    off = NULL
+    a = NULL
+    cdef Py_ssize_t Kb = (K + CNNEXT_MR - 1) // CNNEXT_MR, oh, i
+    try:
+        off = <Py_ssize_t*> _scratch(L * sizeof(Py_ssize_t), "small_conv")
+        a = <floating*> _scratch(Kb * CNNEXT_MR * L * sizeof(floating), "small_conv")
+        with nogil:
+            for c in range(C):
+                for ki in range(kh):
+                    for kj in range(kw):
+                        off[(c * kh + ki) * kw + kj] = c * H * W + ki * W + kj
+            if not flip and K >= 4:
+                # all filters at once, a block of 6 per register tile: each input row loaded
+                # once for 6 filters (the weights packed by blocks of 6 rows)
+                for i in range(Kb * CNNEXT_MR):
+                    for c in range(L):
+                        a[((i // CNNEXT_MR) * L + c) * CNNEXT_MR + i % CNNEXT_MR] = (
+                            (&w[i, 0, 0, 0])[c] if i < K else 0)
+                for n in range(N):
+                    for oh in range(Ho):
+                        _implicit(a, xs + n * C * H * W + oh * W, off, &y[n, 0, oh, 0], K, L, Wo,
+                                  Ho * Wo, &bias[0] if has_bias else NULL)
+            else:
+                # one filter at a time, 6 output rows per register tile
+                for k in range(K):
+                    for c in range(C):
+                        for ki in range(kh):
+                            for kj in range(kw):
+                                a[(c * kh + ki) * kw + kj] = (
+                                    w[c, k, kh - 1 - ki, kw - 1 - kj] if flip else w[k, c, ki, kj])
+                    for n in range(N):
+                        _rows_plane(a, L, xs + n * C * H * W, off, W, &y[n, k, 0, 0], Ho, Wo, Wo,
+                                    bias[k] if has_bias else 0)
+    finally:
+        free(xs)
+        free(off)
+        free(a)
+
+
+def small_grad_weight(const floating[:, :, :, ::1] x, Py_ssize_t top, Py_ssize_t left,
+                      const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] gw,
+                      floating[::1] gb, bint need_bias):
+    """gw[k, c] = sum over n of the correlation (stride 1, dilation 1) of x[n, c], zero-padded by
+    (top, left) and to the size gy needs, with gy[n, k]; each weight sums the output pixels in
+    order, then the samples in order. gw must be C-contiguous (it is written as one block).
+    With need_bias also gb[k] = the sum of gy[:, k] (as direct_grad_weight sums it)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t K = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
+    cdef Py_ssize_t kh = gw.shape[2], kw = gw.shape[3]
+    cdef Py_ssize_t H = Ho + kh - 1, W = Wo + kw - 1
+    cdef Py_ssize_t L = Ho * Wo, n, c, ki, oh, ow, t, i, k
+    cdef Py_ssize_t Kb = (K + CNNEXT_MR - 1) // CNNEXT_MR
+    cdef Py_ssize_t* off
+    cdef floating* tmp
+    cdef floating* ap
+    cdef floating* xs
+    cdef floating* dst
+    if gw.shape[0] != K or gw.shape[1] != C or gy.shape[0] != N or (need_bias and gb.shape[0] != K):
+        raise ValueError(f"small_grad_weight: shapes do not match: input "
+                         f"{(N, C, x.shape[2], x.shape[3])}, grad_output {(gy.shape[0], K, Ho, Wo)}"
+                         f", grad_weight {(gw.shape[0], gw.shape[1], kh, kw)}")
+    if need_bias:
+        for k in range(K):
+            gb[k] = _plane_sum(&gy[0, k, 0, 0], N, K * Ho * Wo, Ho * Wo) if N * Ho * Wo > 0 else 0
+    if K == 0 or C == 0:
+        return
+    if N == 0 or Ho <= 0 or Wo <= 0:
+        gw[...] = 0
+        return
+    xs = _padded_copy(x, top, left, H, W, "small_grad_weight")
+    off = NULL
+    tmp = NULL
+    ap = NULL
+    try:
+        off = <Py_ssize_t*> _scratch(L * sizeof(Py_ssize_t), "small_grad_weight")
+        tmp = <floating*> _scratch(K * C * kh * kw * sizeof(floating), "small_grad_weight")
+        ap = <floating*> _scratch(Kb * CNNEXT_MR * L * sizeof(floating), "small_grad_weight")
+        with nogil:
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    off[oh * Wo + ow] = oh * W + ow
+            # all filters at once: gy[n] packed by blocks of 6 filters is the A operand, each
+            # (channel, tap row) of x the shifted rows, a row of kw taps the columns
+            for n in range(N):
+                for i in range(Kb * CNNEXT_MR):
+                    for t in range(L):
+                        ap[((i // CNNEXT_MR) * L + t) * CNNEXT_MR + i % CNNEXT_MR] = (
+                            (&gy[n, i, 0, 0])[t] if i < K else 0)
+                dst = &gw[0, 0, 0, 0] if n == 0 else tmp
+                for c in range(C):
+                    for ki in range(kh):
+                        _implicit(ap, xs + (n * C + c) * H * W + ki * W, off,
+                                  dst + (c * kh + ki) * kw, K, L, kw, C * kh * kw, NULL)
+                if n > 0:
+                    for t in range(K * C * kh * kw):
+                        (&gw[0, 0, 0, 0])[t] += tmp[t]
+    finally:
+        free(xs)
+        free(off)
+        free(tmp)
+        free(ap)

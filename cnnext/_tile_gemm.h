@@ -159,4 +159,194 @@ static void cnnext_kernel_##SUF(const T *ap, const T *b, T *c, ptrdiff_t M, ptrd
 CNNEXT_DISPATCH(float, f32)
 CNNEXT_DISPATCH(double, f64)
 
+/* ---- Small direct convolutions (cnnext/_direct.pyx, one thread) ------------------------------
+ * A plane of outputs out[r * ldo + j] = bias + sum over l < L of a[l] * base[off[l] + r * W + j]
+ * (r < rows, j < cols), in blocks of 6 rows by NR = two vectors of columns held in 12 vector
+ * registers: per l, one broadcast of a[l], two loads from each of the 6 rows and 12 multiply-adds
+ * (the loads overlap from one l to the next and stay in L1). With l running over (channel, tap
+ * row, tap column) and off[l] the tap's offset this is a stride-1 convolution (forward, and
+ * grad_input on the padded grad_output with the filters turned); with l over the output pixels,
+ * a[l] = grad_output and off[l] the pixel's offset, it is a row of grad_weight's taps. A block
+ * reads 6 rows and NR columns even where fewer are valid: the caller leaves CNNEXT_SLACK(W)
+ * readable elements after its input (zeros). Each output sums l in order: deterministic. */
+#define CNNEXT_SLACK(W) (6 * (W) + CNNEXT_NR_MAX)
+
+#if CNNEXT_VECTORS
+
+#define CNNEXT_RROW(r, lo, hi)                                                                 \
+    memcpy(&b0, p + (r) * W, sizeof(b0)); memcpy(&b1, p + (r) * W + vl, sizeof(b1));          \
+    lo += w * b0; hi += w * b1;
+
+#define CNNEXT_DEFINE_ROWS(NAME, T, V, VL, BCAST, ATTR)                                         \
+ATTR static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,           \
+                      ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo, T bias) \
+{                                                                                           \
+    const ptrdiff_t vl = (VL), NR = 2 * (VL);                                               \
+    ptrdiff_t r0, j0, l, r, j;                                                              \
+    for (r0 = 0; r0 < Ho; r0 += 6) {                                                        \
+        for (j0 = 0; j0 < Wo; j0 += NR) {                                                   \
+            const T *blk = base + r0 * W + j0;                                              \
+            V z = {0};                                                                      \
+            V c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;                         \
+            V c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;                         \
+            for (l = 0; l < L; l++) {                                                       \
+                const T *p = blk + off[l];                                                  \
+                T s = a[l];                                                                 \
+                V w = BCAST(s), b0, b1;                                                     \
+                CNNEXT_RROW(0, c00, c01) CNNEXT_RROW(1, c10, c11) CNNEXT_RROW(2, c20, c21)  \
+                CNNEXT_RROW(3, c30, c31) CNNEXT_RROW(4, c40, c41) CNNEXT_RROW(5, c50, c51)  \
+            }                                                                               \
+            V acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21},                              \
+                           {c30, c31}, {c40, c41}, {c50, c51}};                             \
+            ptrdiff_t rows = Ho - r0 < 6 ? Ho - r0 : 6;                                     \
+            ptrdiff_t cols = Wo - j0 < NR ? Wo - j0 : NR;                                   \
+            for (r = 0; r < rows; r++) {                                                    \
+                T tmp[2 * (VL)];                                                            \
+                T *dst = out + (r0 + r) * ldo + j0;                                         \
+                memcpy(tmp, &acc[r][0], sizeof(V));                                         \
+                memcpy(tmp + (VL), &acc[r][1], sizeof(V));                                  \
+                for (j = 0; j < cols; j++) dst[j] = tmp[j] + bias;                          \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+/* The tile kernel's register block with the rows of b found through an offset table (an
+ * implicit GEMM: row l of b is base + off[l], e.g. one filter tap's shifted input row), and a
+ * per-row bias (NULL: none): c[i, j] = bias[i] + sum_l A[i, l] base[off[l] + j]. */
+#define CNNEXT_DEFINE_IMPLICIT(NAME, T, V, VL, BCAST, ATTR)                                    \
+ATTR static void NAME(const T *ap, const T *base, const ptrdiff_t *off, T *c, ptrdiff_t M,    \
+                      ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc, const T *bias)           \
+{                                                                                           \
+    const ptrdiff_t NR = 2 * (VL);                                                          \
+    ptrdiff_t j0, i0, l, r, j;                                                              \
+    for (j0 = 0; j0 < ncols; j0 += NR) {                                                    \
+        for (i0 = 0; i0 < M; i0 += CNNEXT_MR) {                                             \
+            const T *a = ap + i0 * L;                                                       \
+            const T *bj = base + j0;                                                        \
+            V z = {0};                                                                      \
+            V c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;                         \
+            V c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;                         \
+            for (l = 0; l < L; l++) {                                                       \
+                V b0, b1;                                                                   \
+                memcpy(&b0, bj + off[l], sizeof(V));                                        \
+                memcpy(&b1, bj + off[l] + (VL), sizeof(V));                                 \
+                const T *al = a + l * CNNEXT_MR;                                            \
+                CNNEXT_ROW(BCAST, V, T, al[0], c00, c01)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[1], c10, c11)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[2], c20, c21)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[3], c30, c31)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[4], c40, c41)                                    \
+                CNNEXT_ROW(BCAST, V, T, al[5], c50, c51)                                    \
+            }                                                                               \
+            V acc[CNNEXT_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},                      \
+                                   {c30, c31}, {c40, c41}, {c50, c51}};                     \
+            ptrdiff_t rows = M - i0 < CNNEXT_MR ? M - i0 : CNNEXT_MR;                       \
+            ptrdiff_t cols = ncols - j0 < NR ? ncols - j0 : NR;                             \
+            for (r = 0; r < rows; r++) {                                                    \
+                T tmp[2 * (VL)];                                                            \
+                T *dst = c + (i0 + r) * ldc + j0;                                           \
+                T b = bias ? bias[i0 + r] : 0;                                              \
+                memcpy(tmp, &acc[r][0], sizeof(V));                                         \
+                memcpy(tmp + (VL), &acc[r][1], sizeof(V));                                  \
+                for (j = 0; j < cols; j++) dst[j] = tmp[j] + b;                             \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
+#endif
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f32_base, float, cnnext_v8f, 8, CNNEXT_BCAST8, )
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
+
+#if defined(__x86_64__) || defined(__i386__)
+CNNEXT_DEFINE_ROWS(cnnext_rows_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
+CNNEXT_DEFINE_ROWS(cnnext_rows_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
+#endif
+CNNEXT_DEFINE_ROWS(cnnext_rows_f32_base, float, cnnext_v8f, 8, CNNEXT_BCAST8, )
+CNNEXT_DEFINE_ROWS(cnnext_rows_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
+
+#else /* plain loops */
+
+#define CNNEXT_DEFINE_ROWS_PLAIN(NAME, T)                                                   \
+static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,              \
+                 ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo, T bias)    \
+{                                                                                           \
+    ptrdiff_t r, j, l;                                                                      \
+    for (r = 0; r < Ho; r++)                                                                \
+        for (j = 0; j < Wo; j++) {                                                          \
+            T s = 0;                                                                        \
+            for (l = 0; l < L; l++) s += a[l] * base[off[l] + r * W + j];                   \
+            out[r * ldo + j] = s + bias;                                                    \
+        }                                                                                   \
+}
+CNNEXT_DEFINE_ROWS_PLAIN(cnnext_rows_f32_base, float)
+CNNEXT_DEFINE_ROWS_PLAIN(cnnext_rows_f64_base, double)
+
+#define CNNEXT_DEFINE_IMPLICIT_PLAIN(NAME, T)                                               \
+static void NAME(const T *ap, const T *base, const ptrdiff_t *off, T *c, ptrdiff_t M,       \
+                 ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc, const T *bias)                \
+{                                                                                           \
+    ptrdiff_t i, j, l;                                                                      \
+    for (i = 0; i < M; i++) {                                                               \
+        const T *a = ap + (i / CNNEXT_MR) * CNNEXT_MR * L + i % CNNEXT_MR;                  \
+        for (j = 0; j < ncols; j++) {                                                       \
+            T s = 0;                                                                        \
+            for (l = 0; l < L; l++) s += a[l * CNNEXT_MR] * base[off[l] + j];               \
+            c[i * ldc + j] = s + (bias ? bias[i] : 0);                                      \
+        }                                                                                   \
+    }                                                                                       \
+}
+CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f32_base, float)
+CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f64_base, double)
+
+#endif
+
+#define CNNEXT_ROWS_DISPATCH(T, SUF)                                                         \
+static void cnnext_rows_##SUF(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,  \
+                              ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo,\
+                              T bias)                                                      \
+{                                                                                           \
+    CNNEXT_ROWS_AVX2(SUF)                                                                   \
+    cnnext_rows_##SUF##_base(a, L, base, off, W, out, Ho, Wo, ldo, bias);                   \
+}
+
+#if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
+#define CNNEXT_ROWS_AVX2(SUF)                                                               \
+    if (cnnext_tile_gemm_level == 2) {                                                      \
+        cnnext_rows_##SUF##_avx2(a, L, base, off, W, out, Ho, Wo, ldo, bias);               \
+        return;                                                                             \
+    }
+#else
+#define CNNEXT_ROWS_AVX2(SUF)
+#endif
+
+CNNEXT_ROWS_DISPATCH(float, f32)
+CNNEXT_ROWS_DISPATCH(double, f64)
+
+#define CNNEXT_IMPLICIT_DISPATCH(T, SUF)                                                     \
+static void cnnext_implicit_##SUF(const T *ap, const T *base, const ptrdiff_t *off, T *c,    \
+                                  ptrdiff_t M, ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc,  \
+                                  const T *bias)                                            \
+{                                                                                           \
+    CNNEXT_IMPLICIT_AVX2(SUF)                                                               \
+    cnnext_implicit_##SUF##_base(ap, base, off, c, M, L, ncols, ldc, bias);                 \
+}
+
+#if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
+#define CNNEXT_IMPLICIT_AVX2(SUF)                                                           \
+    if (cnnext_tile_gemm_level == 2) {                                                      \
+        cnnext_implicit_##SUF##_avx2(ap, base, off, c, M, L, ncols, ldc, bias);             \
+        return;                                                                             \
+    }
+#else
+#define CNNEXT_IMPLICIT_AVX2(SUF)
+#endif
+
+CNNEXT_IMPLICIT_DISPATCH(float, f32)
+CNNEXT_IMPLICIT_DISPATCH(double, f64)
+
 #endif /* CNNEXT_TILE_GEMM_H */

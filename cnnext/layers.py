@@ -42,8 +42,8 @@ from cnnext._validation import (
     conv_output_size,
     result_dtype,
 )
-from cnnext.activators import IdentityActivator
-from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward
+from cnnext.activators import IdentityActivator, ReluActivator
+from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward, relu
 from cnnext.functional.conv import _backward_checked as _conv2d_backward_checked
 from cnnext.functional.conv import _forward as _conv2d_forward_checked
 
@@ -188,6 +188,8 @@ def element_wise_op(array, op):
 
 def _activate(op, array):
     """``op`` applied element-wise to ``array`` (which may be overwritten); returns the result array."""
+    if getattr(op, "__func__", None) is ReluActivator.forward:  # the common case, without the probing
+        return relu(array)
     result = _try_whole_array(op, array)
     if result is _SCALAR_ONLY:
         _per_element(op, array)

@@ -20,6 +20,13 @@ from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
 
+
+@pytest.fixture(autouse=True)
+def blocked_kernels(monkeypatch):
+    """These tests drive the Cython kernels: small stride-1 problems would otherwise go to the
+    small-convolution C kernels on AVX2 machines (tested in test_small_direct.py)."""
+    monkeypatch.setattr(conv_module, "_NATIVE_DIRECT", False)
+
 # (N, C, H, W, K, kh, kw, stride, padding, dilation, groups)
 CASES = {
     "lenet1": (1, 1, 28, 28, 6, 5, 5, 1, 0, 1, 1),
@@ -104,8 +111,13 @@ def test_auto_picks_direct_for_thin_problems():
                                                    kw.get("padding", 0), 1,
                                                    kw.get("groups", 1))[3], x.dtype)
 
-    assert algorithm((1, 1, 28, 28), (6, 1, 5, 5)) == "direct"  # LeNet conv1, one sample
-    assert algorithm((64, 1, 28, 28), (6, 1, 5, 5)) == "direct"  # ... and a batch
+    # LeNet conv1, one sample: direct, by the small-convolution kernels where the CPU has AVX2
+    small = "small" if conv_module._NATIVE_DIRECT else "direct"
+    assert algorithm((1, 1, 28, 28), (6, 1, 5, 5)) == small
+    assert algorithm((64, 1, 28, 28), (6, 1, 5, 5)) == "direct"  # ... and a batch (threaded kernels)
+    with force_conv_algorithm("direct"):
+        assert algorithm((1, 1, 28, 28), (6, 1, 5, 5), np.float32) == small
+        assert algorithm((1, 1, 28, 28), (6, 1, 5, 5), stride=2) == "direct"  # stride 1 only
     # float32: OpenBLAS's GEMM is twice as fast as in float64, and wins
     assert algorithm((64, 1, 28, 28), (6, 1, 5, 5), np.float32) == "gemm"
     assert algorithm((2, 16, 8, 8), (16, 1, 3, 3), np.float32, padding=1, groups=16) == "direct"
