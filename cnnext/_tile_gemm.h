@@ -31,6 +31,13 @@
 /* Elements per row that the kernels may read past ncols, rounded: callers pad rows to this. */
 #define CNNEXT_NR_MAX 16
 
+/* Each extension including this header uses some of its kernels only. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CNNEXT_MAYBE_UNUSED __attribute__((unused))
+#else
+#define CNNEXT_MAYBE_UNUSED
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define CNNEXT_VECTORS 1
 typedef float cnnext_v8f __attribute__((vector_size(32)));
@@ -48,25 +55,24 @@ typedef double cnnext_v4d __attribute__((vector_size(32)));
  * (each broadcast used at once: holding all six would spill accumulators). */
 #define CNNEXT_ROW(BCAST, V, T, x, lo, hi) { T s_ = (x); V a_ = BCAST(s_); lo += a_ * b0; hi += a_ * b1; }
 
-/* One kernel: NAME(ap, b, c, M, L, ncols, ldb, ldc) for element type T, vector type V of VL
- * elements (NR = 2 * VL), with function attributes ATTR. */
-#define CNNEXT_DEFINE_KERNEL(NAME, T, V, VL, BCAST, ATTR)                                      \
-ATTR static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,              \
-                      ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)                        \
-{                                                                                           \
+/* The register-blocked loop both GEMM kernels share: for each block of NR = 2 * VL columns (j0) and
+ * CNNEXT_MR rows (i0), c[i, j] = sum over l < L of ap[i0 * L + l * MR + (i - i0)] * ROW(l)[j - j0],
+ * where ROW(l) is row l of b from the block's first column bj (b + j0, or the base pointer + j0),
+ * plus BIAS(i) when HAS_BIAS. Only the M x ncols block is written. */
+#define CNNEXT_BLOCKS(T, V, VL, BCAST, ROW, HAS_BIAS, BIAS)                                  \
     const ptrdiff_t NR = 2 * (VL);                                                          \
     ptrdiff_t j0, i0, l, r, j;                                                              \
     for (j0 = 0; j0 < ncols; j0 += NR) {                                                    \
         for (i0 = 0; i0 < M; i0 += CNNEXT_MR) {                                             \
             const T *a = ap + i0 * L;                                                       \
-            const T *bj = b + j0;                                                           \
+            const T *bj = B0 + j0;                                                          \
             V z = {0};                                                                      \
             V c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;                         \
             V c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;                         \
             for (l = 0; l < L; l++) {                                                       \
                 V b0, b1;                                                                   \
-                memcpy(&b0, bj + l * ldb, sizeof(V));                                       \
-                memcpy(&b1, bj + l * ldb + (VL), sizeof(V));                                \
+                memcpy(&b0, ROW(l), sizeof(V));                                             \
+                memcpy(&b1, ROW(l) + (VL), sizeof(V));                                      \
                 const T *al = a + l * CNNEXT_MR;                                            \
                 CNNEXT_ROW(BCAST, V, T, al[0], c00, c01)                                    \
                 CNNEXT_ROW(BCAST, V, T, al[1], c10, c11)                                    \
@@ -81,18 +87,34 @@ ATTR static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,  
             ptrdiff_t cols = ncols - j0 < NR ? ncols - j0 : NR;                             \
             for (r = 0; r < rows; r++) {                                                    \
                 T *dst = c + (i0 + r) * ldc + j0;                                           \
-                if (cols == NR) {                                                           \
+                if (!(HAS_BIAS) && cols == NR) {                                            \
                     memcpy(dst, &acc[r][0], sizeof(V));                                     \
                     memcpy(dst + (VL), &acc[r][1], sizeof(V));                              \
                 } else {                                                                    \
                     T tmp[2 * (VL)];                                                        \
                     memcpy(tmp, &acc[r][0], sizeof(V));                                     \
                     memcpy(tmp + (VL), &acc[r][1], sizeof(V));                              \
-                    for (j = 0; j < cols; j++) dst[j] = tmp[j];                             \
+                    if (HAS_BIAS) {                                                         \
+                        T bias_r = BIAS(i0 + r);                                            \
+                        for (j = 0; j < cols; j++) dst[j] = tmp[j] + bias_r;                \
+                    } else {                                                                \
+                        for (j = 0; j < cols; j++) dst[j] = tmp[j];                         \
+                    }                                                                       \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
-    }                                                                                       \
+    }
+
+/* The tile GEMM: NAME(ap, b, c, M, L, ncols, ldb, ldc), row l of b at b + l * ldb, for element
+ * type T, vector type V of VL elements, with function attributes ATTR. */
+#define CNNEXT_TILE_ROW(l) (bj + (l) * ldb)
+#define CNNEXT_NO_BIAS(i) 0
+#define CNNEXT_DEFINE_KERNEL(NAME, T, V, VL, BCAST, ATTR)                                      \
+ATTR static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,              \
+                      ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)                        \
+{                                                                                           \
+    const T *B0 = b;                                                                        \
+    CNNEXT_BLOCKS(T, V, VL, BCAST, CNNEXT_TILE_ROW, 0, CNNEXT_NO_BIAS)                      \
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -139,7 +161,7 @@ static int cnnext_tile_gemm_init(void)
 }
 
 #define CNNEXT_DISPATCH(T, SUF)                                                              \
-static void cnnext_kernel_##SUF(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,     \
+CNNEXT_MAYBE_UNUSED static void cnnext_kernel_##SUF(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,     \
                                 ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)             \
 {                                                                                           \
     CNNEXT_DISPATCH_AVX2(SUF)                                                               \
@@ -214,45 +236,14 @@ ATTR static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *o
 /* The tile kernel's register block with the rows of b found through an offset table (an
  * implicit GEMM: row l of b is base + off[l], e.g. one filter tap's shifted input row), and a
  * per-row bias (NULL: none): c[i, j] = bias[i] + sum_l A[i, l] base[off[l] + j]. */
+#define CNNEXT_OFFSET_ROW(l) (bj + off[l])
+#define CNNEXT_ROW_BIAS(i) (bias ? bias[i] : 0)
 #define CNNEXT_DEFINE_IMPLICIT(NAME, T, V, VL, BCAST, ATTR)                                    \
 ATTR static void NAME(const T *ap, const T *base, const ptrdiff_t *off, T *c, ptrdiff_t M,    \
                       ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc, const T *bias)           \
 {                                                                                           \
-    const ptrdiff_t NR = 2 * (VL);                                                          \
-    ptrdiff_t j0, i0, l, r, j;                                                              \
-    for (j0 = 0; j0 < ncols; j0 += NR) {                                                    \
-        for (i0 = 0; i0 < M; i0 += CNNEXT_MR) {                                             \
-            const T *a = ap + i0 * L;                                                       \
-            const T *bj = base + j0;                                                        \
-            V z = {0};                                                                      \
-            V c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;                         \
-            V c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;                         \
-            for (l = 0; l < L; l++) {                                                       \
-                V b0, b1;                                                                   \
-                memcpy(&b0, bj + off[l], sizeof(V));                                        \
-                memcpy(&b1, bj + off[l] + (VL), sizeof(V));                                 \
-                const T *al = a + l * CNNEXT_MR;                                            \
-                CNNEXT_ROW(BCAST, V, T, al[0], c00, c01)                                    \
-                CNNEXT_ROW(BCAST, V, T, al[1], c10, c11)                                    \
-                CNNEXT_ROW(BCAST, V, T, al[2], c20, c21)                                    \
-                CNNEXT_ROW(BCAST, V, T, al[3], c30, c31)                                    \
-                CNNEXT_ROW(BCAST, V, T, al[4], c40, c41)                                    \
-                CNNEXT_ROW(BCAST, V, T, al[5], c50, c51)                                    \
-            }                                                                               \
-            V acc[CNNEXT_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},                      \
-                                   {c30, c31}, {c40, c41}, {c50, c51}};                     \
-            ptrdiff_t rows = M - i0 < CNNEXT_MR ? M - i0 : CNNEXT_MR;                       \
-            ptrdiff_t cols = ncols - j0 < NR ? ncols - j0 : NR;                             \
-            for (r = 0; r < rows; r++) {                                                    \
-                T tmp[2 * (VL)];                                                            \
-                T *dst = c + (i0 + r) * ldc + j0;                                           \
-                T b = bias ? bias[i0 + r] : 0;                                              \
-                memcpy(tmp, &acc[r][0], sizeof(V));                                         \
-                memcpy(tmp + (VL), &acc[r][1], sizeof(V));                                  \
-                for (j = 0; j < cols; j++) dst[j] = tmp[j] + b;                             \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
+    const T *B0 = base;                                                                     \
+    CNNEXT_BLOCKS(T, V, VL, BCAST, CNNEXT_OFFSET_ROW, 1, CNNEXT_ROW_BIAS)                   \
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -306,7 +297,7 @@ CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f64_base, double)
 #endif
 
 #define CNNEXT_ROWS_DISPATCH(T, SUF)                                                         \
-static void cnnext_rows_##SUF(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,  \
+CNNEXT_MAYBE_UNUSED static void cnnext_rows_##SUF(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,  \
                               ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo,\
                               T bias)                                                      \
 {                                                                                           \
@@ -328,7 +319,7 @@ CNNEXT_ROWS_DISPATCH(float, f32)
 CNNEXT_ROWS_DISPATCH(double, f64)
 
 #define CNNEXT_IMPLICIT_DISPATCH(T, SUF)                                                     \
-static void cnnext_implicit_##SUF(const T *ap, const T *base, const ptrdiff_t *off, T *c,    \
+CNNEXT_MAYBE_UNUSED static void cnnext_implicit_##SUF(const T *ap, const T *base, const ptrdiff_t *off, T *c,    \
                                   ptrdiff_t M, ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc,  \
                                   const T *bias)                                            \
 {                                                                                           \
