@@ -46,6 +46,27 @@ typedef double cnnext_v4d __attribute__((vector_size(32)));
 #define CNNEXT_VECTORS 0
 #endif
 
+/* The kernels' parameter lists (each kernel has an AVX2+FMA build, a baseline build and a
+ * dispatcher of the same signature). */
+#define CNNEXT_TILE_PARAMS(T) (const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,         \
+                               ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)
+#define CNNEXT_TILE_ARGS (ap, b, c, M, L, ncols, ldb, ldc)
+#define CNNEXT_IMPLICIT_PARAMS(T) (const T *ap, const T *base, const ptrdiff_t *off, T *c,     \
+                                   ptrdiff_t M, ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc,    \
+                                   const T *bias)
+#define CNNEXT_IMPLICIT_ARGS (ap, base, off, c, M, L, ncols, ldc, bias)
+#define CNNEXT_ROWS_PARAMS(T) (const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,    \
+                               ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo,  \
+                               T bias)
+#define CNNEXT_ROWS_ARGS (a, L, base, off, W, out, Ho, Wo, ldo, bias)
+
+/* How row l of b is found, and the bias of row i: the tile GEMM's (rows ldb apart, no bias) and
+ * the implicit GEMM's (rows through an offset table, an optional bias per row). */
+#define CNNEXT_TILE_ROW(l) (bj + (l) * ldb)
+#define CNNEXT_NO_BIAS(i) 0
+#define CNNEXT_OFFSET_ROW(l) (bj + off[l])
+#define CNNEXT_ROW_BIAS(i) (bias ? bias[i] : 0)
+
 #if CNNEXT_VECTORS
 
 #define CNNEXT_BCAST8(s) {s, s, s, s, s, s, s, s}
@@ -105,44 +126,63 @@ typedef double cnnext_v4d __attribute__((vector_size(32)));
         }                                                                                   \
     }
 
-/* The tile GEMM: NAME(ap, b, c, M, L, ncols, ldb, ldc), row l of b at b + l * ldb, for element
- * type T, vector type V of VL elements, with function attributes ATTR. */
-#define CNNEXT_TILE_ROW(l) (bj + (l) * ldb)
-#define CNNEXT_NO_BIAS(i) 0
+/* The tile GEMM c = A b (row l of b at b + l * ldb) and the implicit GEMM c = bias + A b (row l
+ * of b at base + off[l], e.g. one filter tap's shifted input row; bias per row, NULL: none), for
+ * element type T, vector type V of VL elements, with function attributes ATTR. */
 #define CNNEXT_DEFINE_KERNEL(NAME, T, V, VL, BCAST, ATTR)                                      \
-ATTR static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,              \
-                      ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)                        \
+ATTR static void NAME CNNEXT_TILE_PARAMS(T)                                                 \
 {                                                                                           \
     const T *B0 = b;                                                                        \
     CNNEXT_BLOCKS(T, V, VL, BCAST, CNNEXT_TILE_ROW, 0, CNNEXT_NO_BIAS)                      \
+}
+#define CNNEXT_DEFINE_IMPLICIT(NAME, T, V, VL, BCAST, ATTR)                                    \
+ATTR static void NAME CNNEXT_IMPLICIT_PARAMS(T)                                             \
+{                                                                                           \
+    const T *B0 = base;                                                                     \
+    CNNEXT_BLOCKS(T, V, VL, BCAST, CNNEXT_OFFSET_ROW, 1, CNNEXT_ROW_BIAS)                   \
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CNNEXT_AVX2 __attribute__((target("avx2,fma")))
 CNNEXT_DEFINE_KERNEL(cnnext_kernel_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
 CNNEXT_DEFINE_KERNEL(cnnext_kernel_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
 #endif
 CNNEXT_DEFINE_KERNEL(cnnext_kernel_f32_base, float, cnnext_v8f, 8, CNNEXT_BCAST8, )
 CNNEXT_DEFINE_KERNEL(cnnext_kernel_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f32_base, float, cnnext_v8f, 8, CNNEXT_BCAST8, )
+CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
 
 #else /* no vector extensions: plain loops with the same summation order */
 
-#define CNNEXT_DEFINE_PLAIN(NAME, T)                                                        \
-static void NAME(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,                   \
-                 ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)                             \
-{                                                                                           \
+#define CNNEXT_PLAIN_BLOCKS(T, ROW, HAS_BIAS, BIAS)                                           \
     ptrdiff_t i, j, l;                                                                      \
     for (i = 0; i < M; i++) {                                                               \
         const T *a = ap + (i / CNNEXT_MR) * CNNEXT_MR * L + i % CNNEXT_MR;                  \
         for (j = 0; j < ncols; j++) {                                                       \
+            const T *bj = B0 + j;                                                           \
             T s = 0;                                                                        \
-            for (l = 0; l < L; l++) s += a[l * CNNEXT_MR] * b[l * ldb + j];                 \
-            c[i * ldc + j] = s;                                                             \
+            for (l = 0; l < L; l++) s += a[l * CNNEXT_MR] * *ROW(l);                        \
+            c[i * ldc + j] = (HAS_BIAS) ? s + BIAS(i) : s;                                  \
         }                                                                                   \
-    }                                                                                       \
+    }
+#define CNNEXT_DEFINE_PLAIN(NAME, T)                                                        \
+static void NAME CNNEXT_TILE_PARAMS(T)                                                      \
+{                                                                                           \
+    const T *B0 = b;                                                                        \
+    CNNEXT_PLAIN_BLOCKS(T, CNNEXT_TILE_ROW, 0, CNNEXT_NO_BIAS)                              \
+}
+#define CNNEXT_DEFINE_IMPLICIT_PLAIN(NAME, T)                                               \
+static void NAME CNNEXT_IMPLICIT_PARAMS(T)                                                  \
+{                                                                                           \
+    const T *B0 = base;                                                                     \
+    CNNEXT_PLAIN_BLOCKS(T, CNNEXT_OFFSET_ROW, 1, CNNEXT_ROW_BIAS)                           \
 }
 CNNEXT_DEFINE_PLAIN(cnnext_kernel_f32_base, float)
 CNNEXT_DEFINE_PLAIN(cnnext_kernel_f64_base, double)
+CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f32_base, float)
+CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f64_base, double)
 
 #endif
 
@@ -160,26 +200,6 @@ static int cnnext_tile_gemm_init(void)
     return level;
 }
 
-#define CNNEXT_DISPATCH(T, SUF)                                                              \
-CNNEXT_MAYBE_UNUSED static void cnnext_kernel_##SUF(const T *ap, const T *b, T *c, ptrdiff_t M, ptrdiff_t L,     \
-                                ptrdiff_t ncols, ptrdiff_t ldb, ptrdiff_t ldc)             \
-{                                                                                           \
-    CNNEXT_DISPATCH_AVX2(SUF)                                                               \
-    cnnext_kernel_##SUF##_base(ap, b, c, M, L, ncols, ldb, ldc);                            \
-}
-
-#if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
-#define CNNEXT_DISPATCH_AVX2(SUF)                                                           \
-    if (cnnext_tile_gemm_level == 2) {                                                      \
-        cnnext_kernel_##SUF##_avx2(ap, b, c, M, L, ncols, ldb, ldc);                        \
-        return;                                                                             \
-    }
-#else
-#define CNNEXT_DISPATCH_AVX2(SUF)
-#endif
-
-CNNEXT_DISPATCH(float, f32)
-CNNEXT_DISPATCH(double, f64)
 
 /* ---- Small direct convolutions (cnnext/_direct.pyx, one thread) ------------------------------
  * A plane of outputs out[r * ldo + j] = bias + sum over l < L of a[l] * base[off[l] + r * W + j]
@@ -200,8 +220,7 @@ CNNEXT_DISPATCH(double, f64)
     lo += w * b0; hi += w * b1;
 
 #define CNNEXT_DEFINE_ROWS(NAME, T, V, VL, BCAST, ATTR)                                         \
-ATTR static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,           \
-                      ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo, T bias) \
+ATTR static void NAME CNNEXT_ROWS_PARAMS(T)                                                 \
 {                                                                                           \
     const ptrdiff_t vl = (VL), NR = 2 * (VL);                                               \
     ptrdiff_t r0, j0, l, r, j;                                                              \
@@ -233,26 +252,6 @@ ATTR static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *o
     }                                                                                       \
 }
 
-/* The tile kernel's register block with the rows of b found through an offset table (an
- * implicit GEMM: row l of b is base + off[l], e.g. one filter tap's shifted input row), and a
- * per-row bias (NULL: none): c[i, j] = bias[i] + sum_l A[i, l] base[off[l] + j]. */
-#define CNNEXT_OFFSET_ROW(l) (bj + off[l])
-#define CNNEXT_ROW_BIAS(i) (bias ? bias[i] : 0)
-#define CNNEXT_DEFINE_IMPLICIT(NAME, T, V, VL, BCAST, ATTR)                                    \
-ATTR static void NAME(const T *ap, const T *base, const ptrdiff_t *off, T *c, ptrdiff_t M,    \
-                      ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc, const T *bias)           \
-{                                                                                           \
-    const T *B0 = base;                                                                     \
-    CNNEXT_BLOCKS(T, V, VL, BCAST, CNNEXT_OFFSET_ROW, 1, CNNEXT_ROW_BIAS)                   \
-}
-
-#if defined(__x86_64__) || defined(__i386__)
-CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
-CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
-#endif
-CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f32_base, float, cnnext_v8f, 8, CNNEXT_BCAST8, )
-CNNEXT_DEFINE_IMPLICIT(cnnext_implicit_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
-
 #if defined(__x86_64__) || defined(__i386__)
 CNNEXT_DEFINE_ROWS(cnnext_rows_f32_avx2, float, cnnext_v8f, 8, CNNEXT_BCAST8, CNNEXT_AVX2)
 CNNEXT_DEFINE_ROWS(cnnext_rows_f64_avx2, double, cnnext_v4d, 4, CNNEXT_BCAST4, CNNEXT_AVX2)
@@ -263,8 +262,7 @@ CNNEXT_DEFINE_ROWS(cnnext_rows_f64_base, double, cnnext_v4d, 4, CNNEXT_BCAST4, )
 #else /* plain loops */
 
 #define CNNEXT_DEFINE_ROWS_PLAIN(NAME, T)                                                   \
-static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,              \
-                 ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo, T bias)    \
+static void NAME CNNEXT_ROWS_PARAMS(T)                                                      \
 {                                                                                           \
     ptrdiff_t r, j, l;                                                                      \
     for (r = 0; r < Ho; r++)                                                                \
@@ -277,67 +275,25 @@ static void NAME(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,  
 CNNEXT_DEFINE_ROWS_PLAIN(cnnext_rows_f32_base, float)
 CNNEXT_DEFINE_ROWS_PLAIN(cnnext_rows_f64_base, double)
 
-#define CNNEXT_DEFINE_IMPLICIT_PLAIN(NAME, T)                                               \
-static void NAME(const T *ap, const T *base, const ptrdiff_t *off, T *c, ptrdiff_t M,       \
-                 ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc, const T *bias)                \
-{                                                                                           \
-    ptrdiff_t i, j, l;                                                                      \
-    for (i = 0; i < M; i++) {                                                               \
-        const T *a = ap + (i / CNNEXT_MR) * CNNEXT_MR * L + i % CNNEXT_MR;                  \
-        for (j = 0; j < ncols; j++) {                                                       \
-            T s = 0;                                                                        \
-            for (l = 0; l < L; l++) s += a[l * CNNEXT_MR] * base[off[l] + j];               \
-            c[i * ldc + j] = s + (bias ? bias[i] : 0);                                      \
-        }                                                                                   \
-    }                                                                                       \
-}
-CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f32_base, float)
-CNNEXT_DEFINE_IMPLICIT_PLAIN(cnnext_implicit_f64_base, double)
 
 #endif
 
-#define CNNEXT_ROWS_DISPATCH(T, SUF)                                                         \
-CNNEXT_MAYBE_UNUSED static void cnnext_rows_##SUF(const T *a, ptrdiff_t L, const T *base, const ptrdiff_t *off,  \
-                              ptrdiff_t W, T *out, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t ldo,\
-                              T bias)                                                      \
-{                                                                                           \
-    CNNEXT_ROWS_AVX2(SUF)                                                                   \
-    cnnext_rows_##SUF##_base(a, L, base, off, W, out, Ho, Wo, ldo, bias);                   \
-}
-
+/* ---- Dispatch: each kernel's AVX2+FMA build where cnnext_tile_gemm_init() found AVX2 and FMA,
+ * else its baseline build. */
 #if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
-#define CNNEXT_ROWS_AVX2(SUF)                                                               \
-    if (cnnext_tile_gemm_level == 2) {                                                      \
-        cnnext_rows_##SUF##_avx2(a, L, base, off, W, out, Ho, Wo, ldo, bias);               \
-        return;                                                                             \
-    }
+#define CNNEXT_CALL(NAME, ARGS)                                                             \
+    do { if (cnnext_tile_gemm_level == 2) NAME##_avx2 ARGS; else NAME##_base ARGS; } while (0)
 #else
-#define CNNEXT_ROWS_AVX2(SUF)
+#define CNNEXT_CALL(NAME, ARGS) NAME##_base ARGS
 #endif
+#define CNNEXT_DISPATCHER(NAME, PARAMS, ARGS)                                               \
+    CNNEXT_MAYBE_UNUSED static void NAME PARAMS { CNNEXT_CALL(NAME, ARGS); }
 
-CNNEXT_ROWS_DISPATCH(float, f32)
-CNNEXT_ROWS_DISPATCH(double, f64)
-
-#define CNNEXT_IMPLICIT_DISPATCH(T, SUF)                                                     \
-CNNEXT_MAYBE_UNUSED static void cnnext_implicit_##SUF(const T *ap, const T *base, const ptrdiff_t *off, T *c,    \
-                                  ptrdiff_t M, ptrdiff_t L, ptrdiff_t ncols, ptrdiff_t ldc,  \
-                                  const T *bias)                                            \
-{                                                                                           \
-    CNNEXT_IMPLICIT_AVX2(SUF)                                                               \
-    cnnext_implicit_##SUF##_base(ap, base, off, c, M, L, ncols, ldc, bias);                 \
-}
-
-#if CNNEXT_VECTORS && (defined(__x86_64__) || defined(__i386__))
-#define CNNEXT_IMPLICIT_AVX2(SUF)                                                           \
-    if (cnnext_tile_gemm_level == 2) {                                                      \
-        cnnext_implicit_##SUF##_avx2(ap, base, off, c, M, L, ncols, ldc, bias);             \
-        return;                                                                             \
-    }
-#else
-#define CNNEXT_IMPLICIT_AVX2(SUF)
-#endif
-
-CNNEXT_IMPLICIT_DISPATCH(float, f32)
-CNNEXT_IMPLICIT_DISPATCH(double, f64)
+CNNEXT_DISPATCHER(cnnext_kernel_f32, CNNEXT_TILE_PARAMS(float), CNNEXT_TILE_ARGS)
+CNNEXT_DISPATCHER(cnnext_kernel_f64, CNNEXT_TILE_PARAMS(double), CNNEXT_TILE_ARGS)
+CNNEXT_DISPATCHER(cnnext_implicit_f32, CNNEXT_IMPLICIT_PARAMS(float), CNNEXT_IMPLICIT_ARGS)
+CNNEXT_DISPATCHER(cnnext_implicit_f64, CNNEXT_IMPLICIT_PARAMS(double), CNNEXT_IMPLICIT_ARGS)
+CNNEXT_DISPATCHER(cnnext_rows_f32, CNNEXT_ROWS_PARAMS(float), CNNEXT_ROWS_ARGS)
+CNNEXT_DISPATCHER(cnnext_rows_f64, CNNEXT_ROWS_PARAMS(double), CNNEXT_ROWS_ARGS)
 
 #endif /* CNNEXT_TILE_GEMM_H */
