@@ -26,7 +26,7 @@ from setuptools import Extension, setup
 
 EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers", "_winograd"]
 # C headers an extension includes (rebuilt when they change; shipped in the sdist by MANIFEST.in)
-DEPENDS = {"_winograd": ["cnnext/_tile_gemm.h"], "_direct": ["cnnext/_tile_gemm.h"]}
+DEPENDS = {"_winograd": ["cnnext/_kernels/_tile_gemm.h"], "_direct": ["cnnext/_kernels/_tile_gemm.h"]}
 
 
 def _flag(name, default):
@@ -98,8 +98,8 @@ def _extensions():
             extra_compile += ["-O1", "-g", "-UNDEBUG"]
     exts = [
         Extension(
-            f"cnnext.{name}",
-            [f"cnnext/{name}.pyx"],
+            f"cnnext._kernels.{name}",
+            [f"cnnext/_kernels/{name}.pyx"],
             include_dirs=[np.get_include()],
             define_macros=macros,
             extra_compile_args=extra_compile,

@@ -108,8 +108,8 @@ def show_config(mode="stdout"):
     """
     import numpy as np
 
-    from cnnext._openmp_helpers import openmp_enabled
-    from cnnext._winograd import tile_gemm_level
+    from cnnext._kernels._openmp_helpers import openmp_enabled
+    from cnnext._kernels._winograd import tile_gemm_level
 
     blas = "unknown"
     try:

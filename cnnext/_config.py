@@ -7,7 +7,7 @@ It is passed explicitly to every kernel call, so changing it never needs OpenMP'
 import os
 import threading
 
-from cnnext._openmp_helpers import openmp_enabled, openmp_max_threads
+from cnnext._kernels._openmp_helpers import openmp_enabled, openmp_max_threads
 
 _DEFAULT_WORKSPACE_BYTES = 64 * 2**20
 # Below this much work (elements a kernel call writes or reads, e.g. a convolution's column matrix)

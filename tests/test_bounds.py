@@ -12,7 +12,7 @@ import pytest
 
 import cnnext
 import cnnext.functional as F
-from cnnext import _pool
+from cnnext._kernels import _pool
 
 pytestmark = pytest.mark.usefixtures("restore_config")
 

@@ -13,18 +13,18 @@ SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernel_is_a_compiled_extension(name):
-    module = importlib.import_module(f"cnnext.{name}")
+    module = importlib.import_module(f"cnnext._kernels.{name}")
     assert module.__file__.endswith(SUFFIXES), module.__file__
     assert isinstance(module.__loader__, importlib.machinery.ExtensionFileLoader)
-    spec = importlib.util.find_spec(f"cnnext.{name}")
+    spec = importlib.util.find_spec(f"cnnext._kernels.{name}")
     assert spec.origin == module.__file__
-    assert os.path.dirname(os.path.abspath(module.__file__)) == os.path.dirname(
-        os.path.abspath(cnnext.__file__))
+    assert os.path.dirname(os.path.abspath(module.__file__)) == os.path.join(
+        os.path.dirname(os.path.abspath(cnnext.__file__)), "_kernels")
 
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_no_pure_python_fallback_next_to_the_kernels(name):
-    package_dir = os.path.dirname(os.path.abspath(cnnext.__file__))
+    package_dir = os.path.join(os.path.dirname(os.path.abspath(cnnext.__file__)), "_kernels")
     entries = os.listdir(package_dir)
     fallbacks = [e for e in entries
                  if e.startswith(name + ".")
@@ -40,8 +40,8 @@ def test_no_pure_python_fallback_next_to_the_kernels(name):
 def test_functional_uses_the_compiled_kernels():
     from cnnext.functional import conv, pooling
 
-    assert conv._im2col is importlib.import_module("cnnext._im2col")
-    assert conv._direct is importlib.import_module("cnnext._direct")
-    assert pooling._pool is importlib.import_module("cnnext._pool")
+    assert conv._im2col is importlib.import_module("cnnext._kernels._im2col")
+    assert conv._direct is importlib.import_module("cnnext._kernels._direct")
+    assert pooling._pool is importlib.import_module("cnnext._kernels._pool")
     for module in (conv._im2col, conv._direct, pooling._pool):
         assert module.__file__.endswith(SUFFIXES)

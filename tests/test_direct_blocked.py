@@ -1,4 +1,4 @@
-"""The register-blocked direct kernels (cnnext/_direct.pyx) against the naive float64 oracle.
+"""The register-blocked direct kernels (cnnext/_kernels/_direct.pyx) against the naive float64 oracle.
 
 The shapes are chosen to reach every block of the kernels: output widths below, at and above the
 column blocks (8 float64 / 16 float32 columns, then a half and a quarter block, then single
@@ -12,7 +12,8 @@ import pytest
 import cnnext
 import cnnext.functional as F
 import naive_oracle as oracle
-from cnnext import ConvLayer, IdentityActivator, ReluActivator, _direct
+from cnnext import ConvLayer, IdentityActivator, ReluActivator
+from cnnext._kernels import _direct
 from cnnext._config import force_conv_algorithm
 from cnnext._validation import check_conv2d
 from cnnext.functional import conv as conv_module

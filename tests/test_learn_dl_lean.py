@@ -357,12 +357,12 @@ def test_results_do_not_depend_on_threads(monkeypatch, algorithm, min_work):
 def test_pooling_follows_the_small_work_rule(monkeypatch):
     """max/avg pooling pick their thread count with threads_for too: one thread for a LeNet-sized
     single sample, get_num_threads() for a batch."""
-    from cnnext import _pool
+    from cnnext._kernels import _pool
     from cnnext.functional import pooling
     monkeypatch.setitem(_config._state, "min_parallel_work", _config._MIN_PARALLEL_WORK)
     cnnext.set_num_threads(2)
     seen = []
-    # position of num_threads in each kernel's arguments (cnnext/_pool.pyi)
+    # position of num_threads in each kernel's arguments (cnnext/_kernels/_pool.pyi)
     for name, pos in (("max_pool2d_forward", 11), ("max_pool2d_backward", 3),
                       ("avg_pool2d_forward", 9), ("avg_pool2d_backward", 9)):
         def spy(*args, _real=getattr(_pool, name), _pos=pos, **kwargs):

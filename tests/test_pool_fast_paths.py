@@ -1,4 +1,4 @@
-"""The vectorized max_pool2d kernels of cnnext._pool, each against the naive float64 oracle.
+"""The vectorized max_pool2d kernels of cnnext._kernels._pool, each against the naive float64 oracle.
 
 Every case here is routed to a specific kernel path (see the Design notes in _pool.pyx), so a broken
 path fails its own test: the 2x2 stride-2 forward, the separable forward (flat band loop, per-row
@@ -15,7 +15,7 @@ import pytest
 import cnnext
 import cnnext.functional as F
 import naive_oracle as oracle
-from cnnext import _pool
+from cnnext._kernels import _pool
 
 pytestmark = pytest.mark.usefixtures("restore_config")
 

@@ -1,4 +1,4 @@
-"""The small-convolution kernels (cnnext/_tile_gemm.h via _direct.small_conv and
+"""The small-convolution kernels (cnnext/_kernels/_tile_gemm.h via _direct.small_conv and
 small_grad_weight: stride 1, dilation 1, groups 1, one thread), which the direct algorithm uses
 for small problems on AVX2 machines, against the naive float64 oracle.
 
@@ -12,7 +12,7 @@ import pytest
 
 import cnnext.functional as F
 import naive_oracle as oracle
-from cnnext import _direct
+from cnnext._kernels import _direct
 from cnnext._config import force_conv_algorithm
 from cnnext.functional import conv as conv_module
 from naive_oracle import assert_close

@@ -1,4 +1,4 @@
-"""The Winograd GEMM kernels of cnnext/_tile_gemm.h (via cnnext._winograd.tile_gemm and
+"""The Winograd GEMM kernels of cnnext/_kernels/_tile_gemm.h (via cnnext._winograd.tile_gemm and
 tile_gemm_grad) against float64 numpy products, on shapes that hit every remainder of the
 register block (rows of 6, columns of 16 float32 / 8 float64 values), with the padding the callers
 leave past the tile count filled with NaN so that reading it would show."""
@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from cnnext import _winograd
+from cnnext._kernels import _winograd
 
 MR, PAD = _winograd.TILE_GEMM_MR, _winograd.TILE_GEMM_PAD
 DTYPES = [np.float32, np.float64]

@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) (cnnext/_winograd.pyx) forced on, against the naive float64 oracle.
+"""Winograd F(4x4, 3x3) (cnnext/_kernels/_winograd.pyx) forced on, against the naive float64 oracle.
 
 Winograd's transforms add and subtract (and scale by up to 8) input values before the multiplies,
 so in float32 its rounding error is larger than a direct sum's (about 1e-5 of the output's largest
@@ -125,7 +125,7 @@ def test_winograd_float32_rounding_stays_in_tolerance_with_many_channels(C):
 def test_winograd_backward_runs_every_pass_by_winograd(monkeypatch):
     """Forced (or chosen) Winograd computes grad_input and grad_weight by Winograd too: each
     transform kernel is called, and no im2col column matrix is built."""
-    from cnnext import _im2col, _winograd
+    from cnnext._kernels import _im2col, _winograd
     calls = []
     for name in ("input_transform", "output_transform", "output_grad_transform"):
         real = getattr(_winograd, name)
@@ -224,7 +224,7 @@ def test_auto_picks_winograd_where_it_was_measured_faster():
 def test_force_conv_algorithm_is_public_and_turns_winograd_off(monkeypatch):
     """cnnext.force_conv_algorithm('gemm') (README, Numerics) keeps a shape that 'auto' runs on
     Winograd off it, and restores 'auto' afterwards."""
-    from cnnext import _winograd
+    from cnnext._kernels import _winograd
     x, w, b = make(2, 32, 16, 16, 32, np.float32, "public")
     calls = []
     real = _winograd.input_transform

@@ -84,8 +84,8 @@ run_step() {
     SUMMARY+=("$(printf 'PASS  [%2d/%d] %-66s %4ds' "$STEP" "$TOTAL" "$title" "$dt")")
 }
 
-compiled_modules() { # the extension modules: one per tracked cnnext/*.pyx, e.g. "_im2col _pool"
-    git -C "$SRC" ls-files 'cnnext/*.pyx' | sed 's|^cnnext/||; s|\.pyx$||' | grep -v / | tr '\n' ' '
+compiled_modules() { # the extension modules: one per tracked cnnext/_kernels/*.pyx, e.g. "_kernels/_im2col _kernels/_pool"
+    git -C "$SRC" ls-files 'cnnext/_kernels/*.pyx' | sed 's|^cnnext/||; s|\.pyx$||' | tr '\n' ' '
 }
 
 new_venv() { # new_venv DIR: a fresh venv with an up-to-date pip
@@ -221,7 +221,7 @@ step_sdist_contents() {
         require "$listing" "^cnnext/$mod\.pyx$" "cnnext/$mod.pyx"
         require "$listing" "^cnnext/$mod\.pyi$" "cnnext/$mod.pyi (every compiled module needs a stub)"
     done
-    for pxd in $(git -C "$SRC" ls-files 'cnnext/*.pxd'); do
+    for pxd in $(git -C "$SRC" ls-files 'cnnext/_kernels/*.pxd'); do
         require "$listing" "^${pxd//./\\.}$" "$pxd"
     done
     require "$listing" '^cnnext/py\.typed$' "cnnext/py.typed"
@@ -254,7 +254,7 @@ step_wheel_contents() {
         require "$listing" "^cnnext/$mod\.[^/]*\.so$" "compiled cnnext/$mod"
         require "$listing" "^cnnext/$mod\.pyi$" "cnnext/$mod.pyi"
     done
-    for pxd in $(git -C "$SRC" ls-files 'cnnext/*.pxd'); do
+    for pxd in $(git -C "$SRC" ls-files 'cnnext/_kernels/*.pxd'); do
         require "$listing" "^${pxd//./\\.}$" "$pxd"
     done
     require "$listing" '^cnnext/py\.typed$' "cnnext/py.typed"
@@ -292,7 +292,7 @@ step_stubtest() {
     new_venv "$venv"
     "$venv/bin/pip" install --quiet "$repaired" mypy
     local mods=() mod
-    for mod in $(compiled_modules); do mods+=("cnnext.$mod"); done
+    for mod in $(compiled_modules); do mods+=("cnnext.${mod//\//.}"); done
     (cd "$WORK" && "$venv/bin/python" -m mypy.stubtest \
         --allowlist "$SRC/tools/stubtest_allowlist.txt" "${mods[@]}")
     note "stubtest: the .pyi stubs match ${mods[*]}"

@@ -164,7 +164,7 @@ for variant in $variants; do
         continue
     fi
     # every extension must really be instrumented
-    for so in "$tree"/cnnext/*.so; do
+    for so in "$tree"/cnnext/_kernels/*.so; do
         # (grep -c reads all of nm's output: grep -q would SIGPIPE nm and trip pipefail)
         if [ "$(nm -D "$so" 2>/dev/null | grep -c "__asan_")" = 0 ]; then
             echo "sanitize.sh: $so is not instrumented with ASan" >&2

@@ -9,7 +9,8 @@ import functools
 
 import numpy as np
 
-from cnnext import _direct, _im2col, _parallel, _winograd
+from cnnext import _parallel
+from cnnext._kernels import _direct, _im2col, _winograd
 from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._validation import as_float_array, check_conv2d, check_shape
 
@@ -290,7 +291,7 @@ def _pad_planes(a, top, bottom, left, right):
 
 
 # Small stride-1 direct convolutions (one LeNet sample: a column matrix under _SMALL_WORK
-# elements, one thread anyway) run in the register-blocked C kernels of cnnext/_tile_gemm.h where
+# elements, one thread anyway) run in the register-blocked C kernels of cnnext/_kernels/_tile_gemm.h where
 # the CPU has AVX2+FMA (algorithm 'small'). Measured on LeNet conv1, one float64 sample, forward /
 # grad_input / grad_weight (+ grad_bias): 25 / 35 / 42 us in the blocked Cython kernels (built
 # for the baseline ISA), 16 / 30 / 20 us here.
@@ -325,7 +326,7 @@ def _direct_grad_input_full(gy, weight, gx, g, nt):
     _direct.direct_grad_input_full(gyp, weight, gx, g.dh, g.dw, g.groups, nt)
 
 
-# Winograd F(4x4, 3x3) (cnnext/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
+# Winograd F(4x4, 3x3) (cnnext/_kernels/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
 # It does 4x fewer multiplies than im2col + GEMM, as 36 GEMMs whose inner dimension is only C (K
 # for grad_input), which BLAS runs at a lower rate, plus the transforms. All three passes use it:
 # forward, grad_input (a convolution of grad_output with the rotated weights) and grad_weight (36
@@ -344,7 +345,7 @@ _WINOGRAD_AUTO = ((16, 8), (8, 32))
 _WINOGRAD_CACHE_TARGET_BYTES = 2 * 2**20
 
 
-# The 36 GEMMs per chunk run in cnnext's own register-blocked kernel (cnnext/_tile_gemm.h) with the
+# The 36 GEMMs per chunk run in cnnext's own register-blocked kernel (cnnext/_kernels/_tile_gemm.h) with the
 # weights packed once per call, where it has AVX2+FMA: at these sizes BLAS spends as long packing
 # its operands, on every call, as multiplying (deep's GEMMs: ~20 GFLOP/s in OpenBLAS, 31 in the
 # kernel, one thread, float32). Elsewhere (no AVX2, or a compiler without vector extensions) numpy's

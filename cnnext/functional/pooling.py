@@ -1,11 +1,11 @@
 """Max and average pooling, forward and backward, over the N*C independent planes.
 
 Max pooling returns PyTorch's indices (int64 flat positions h*W + w inside each plane); its backward
-is a scatter-add through them, so overlapping windows accumulate. All loops run in ``cnnext._pool``.
+is a scatter-add through them, so overlapping windows accumulate. All loops run in ``cnnext._kernels._pool``.
 """
 import numpy as np
 
-from cnnext import _pool
+from cnnext._kernels import _pool
 from cnnext._config import threads_for
 from cnnext._validation import (
     as_float_array,

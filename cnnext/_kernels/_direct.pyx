@@ -33,7 +33,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from cnnext._indexing cimport end_valid, first_valid
+from cnnext._kernels._indexing cimport end_valid, first_valid
 from libc.stdlib cimport malloc, free
 
 

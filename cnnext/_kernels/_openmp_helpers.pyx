@@ -1,7 +1,7 @@
 # Design: tells Python whether the extensions were compiled with OpenMP and how many threads
 # OpenMP would use by default. The thread count the kernels actually use is chosen in
 # cnnext/_config.py and passed to every kernel call as `num_threads`.
-from cnnext._openmp_helpers cimport CNNEXT_OPENMP_ENABLED, omp_get_max_threads
+from cnnext._kernels._openmp_helpers cimport CNNEXT_OPENMP_ENABLED, omp_get_max_threads
 
 
 def openmp_enabled():

@@ -46,7 +46,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from cnnext._openmp_helpers cimport omp_get_thread_num
+from cnnext._kernels._openmp_helpers cimport omp_get_thread_num
 
 
 cdef extern from "_tile_gemm.h" nogil:

@@ -41,7 +41,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX
 from libc.math cimport INFINITY
 from libc.string cimport memset
 
-from cnnext._indexing cimport ceil_div, end_valid, first_valid
+from cnnext._kernels._indexing cimport ceil_div, end_valid, first_valid
 
 
 cdef extern from *:

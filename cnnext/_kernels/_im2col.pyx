@@ -19,7 +19,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from cnnext._indexing cimport end_valid, first_valid
+from cnnext._kernels._indexing cimport end_valid, first_valid
 
 
 cdef void im2col_row(const floating* x, floating* out, Py_ssize_t nc, Py_ssize_t C,
