@@ -46,11 +46,15 @@ from cnnext import _config  # noqa: E402
 
 _config._note_openmp_runtime(_runtimes_before, _runtime.loaded_openmp_runtimes(), _user_wait_policy)
 from cnnext import functional  # noqa: E402
-from cnnext.activators import IdentityActivator, ReluActivator, SigmoidActivator, TanhActivator  # noqa: E402
-from cnnext.layers import (  # noqa: E402
+from cnnext import learn_dl  # noqa: E402
+from cnnext.learn_dl import (  # noqa: E402
     ConvLayer,
     Filter,
+    IdentityActivator,
     MaxPoolingLayer,
+    ReluActivator,
+    SigmoidActivator,
+    TanhActivator,
     conv,
     element_wise_op,
     get_max_index,
@@ -60,6 +64,11 @@ from cnnext.layers import (  # noqa: E402
 from cnnext import nn, optim  # noqa: E402
 from cnnext.gradcheck import gradcheck  # noqa: E402
 from cnnext.serialization import load, save  # noqa: E402
+
+# The learn_dl modules' old import paths (cnnext.layers, cnnext.activators) as aliases.
+_sys.modules.setdefault("cnnext.layers", learn_dl.layers)
+_sys.modules.setdefault("cnnext.activators", learn_dl.activators)
+layers, activators = learn_dl.layers, learn_dl.activators
 
 __all__ = [
     "__version__",

@@ -25,7 +25,8 @@ import cnnext
 import cnnext.functional as F
 import naive_oracle as oracle
 from cnnext import ConvLayer, Filter, IdentityActivator, ReluActivator, TanhActivator
-from cnnext import _config, layers
+from cnnext import _config
+from cnnext.learn_dl import layers
 from cnnext._config import force_conv_algorithm
 
 # (input_width, input_height, channel_number, filter_width, filter_height, filter_number,

@@ -42,7 +42,7 @@ from cnnext._validation import (
     conv_output_size,
     result_dtype,
 )
-from cnnext.activators import IdentityActivator, ReluActivator
+from cnnext.learn_dl.activators import IdentityActivator, ReluActivator
 from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward, relu
 from cnnext.functional.conv import _backward_checked as _conv2d_backward_checked
 from cnnext.functional.conv import _forward as _conv2d_forward_checked
