@@ -85,19 +85,8 @@ __all__ = [
     "save",
     "load",
     "gradcheck",
-    # learn_dl API
-    "ConvLayer",
-    "MaxPoolingLayer",
-    "Filter",
-    "IdentityActivator",
-    "ReluActivator",
-    "SigmoidActivator",
-    "TanhActivator",
-    "padding",
-    "conv",
-    "get_patch",
-    "element_wise_op",
-    "get_max_index",
+    # learn_dl API (cnnext.learn_dl)
+    *learn_dl.__all__,
 ]
 
 
