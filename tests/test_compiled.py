@@ -39,9 +39,10 @@ def test_no_pure_python_fallback_next_to_the_kernels(name):
 
 def test_functional_uses_the_compiled_kernels():
     from cnnext.functional import conv, pooling
+    from cnnext.functional import _conv_dispatch
 
-    assert conv._im2col is importlib.import_module("cnnext._kernels._im2col")
-    assert conv._direct is importlib.import_module("cnnext._kernels._direct")
+    assert _conv_dispatch._im2col is importlib.import_module("cnnext._kernels._im2col")
+    assert _conv_dispatch._direct is importlib.import_module("cnnext._kernels._direct")
     assert pooling._pool is importlib.import_module("cnnext._kernels._pool")
-    for module in (conv._im2col, conv._direct, pooling._pool):
+    for module in (_conv_dispatch._im2col, _conv_dispatch._direct, pooling._pool):
         assert module.__file__.endswith(SUFFIXES)

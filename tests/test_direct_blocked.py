@@ -17,6 +17,7 @@ from cnnext._kernels import _direct
 from cnnext._config import force_conv_algorithm
 from cnnext._validation import check_conv2d
 from cnnext.functional import conv as conv_module
+from cnnext.functional import _conv_dispatch
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -26,7 +27,7 @@ DTYPES = [np.float32, np.float64]
 def blocked_kernels(monkeypatch):
     """These tests drive the Cython kernels: small stride-1 problems would otherwise go to the
     small-convolution C kernels on AVX2 machines (tested in test_small_direct.py)."""
-    monkeypatch.setattr(conv_module, "_NATIVE_DIRECT", False)
+    monkeypatch.setattr(_conv_dispatch, "_NATIVE_DIRECT", False)
 
 # (N, C, H, W, K, kh, kw, stride, padding, dilation, groups)
 CASES = {
@@ -108,12 +109,12 @@ def test_direct_bitwise_identical_for_1_2_3_threads(case, dtype, restore_config)
 def test_auto_picks_direct_for_thin_problems():
     def algorithm(shape_x, shape_w, dtype=np.float64, **kw):
         x, w = np.zeros(shape_x, dtype), np.zeros(shape_w, dtype)
-        return conv_module._algorithm(check_conv2d("t", x, w, None, kw.get("stride", 1),
+        return _conv_dispatch._algorithm(check_conv2d("t", x, w, None, kw.get("stride", 1),
                                                    kw.get("padding", 0), 1,
                                                    kw.get("groups", 1))[3], x.dtype)
 
     # LeNet conv1, one sample: direct, by the small-convolution kernels where the CPU has AVX2
-    small = "small" if conv_module._NATIVE_DIRECT else "direct"
+    small = "small" if _conv_dispatch._NATIVE_DIRECT else "direct"
     assert algorithm((1, 1, 28, 28), (6, 1, 5, 5)) == small
     assert algorithm((64, 1, 28, 28), (6, 1, 5, 5)) == "direct"  # ... and a batch (threaded kernels)
     with force_conv_algorithm("direct"):
@@ -134,7 +135,7 @@ def test_auto_picks_direct_for_thin_problems():
                                                       (-1, 2, 1, -2), (-2, -1, -3, -1)])
 def test_pad_planes(top, bottom, left, right, dtype):
     a = np.random.default_rng(3).standard_normal((2, 3, 5, 6)).astype(dtype)
-    got = conv_module._pad_planes(a, top, bottom, left, right)
+    got = _conv_dispatch._pad_planes(a, top, bottom, left, right)
     want = np.pad(a, [(0, 0), (0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0))])
     want = want[:, :, max(-top, 0): want.shape[2] - max(-bottom, 0),
                 max(-left, 0): want.shape[3] - max(-right, 0)]

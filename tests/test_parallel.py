@@ -9,6 +9,7 @@ import cnnext
 import cnnext.functional as F
 from cnnext import _parallel
 from cnnext.functional import conv
+from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
 from naive_oracle import assert_close
 
@@ -41,27 +42,27 @@ def winograd_pass(x, w, b, gy):
 @pytest.fixture
 def many_chunks(monkeypatch, restore_config):
     """Chunks of one sample, so a 9-sample batch is 9 chunks for the threads to share."""
-    monkeypatch.setattr(conv, "_WINOGRAD_CACHE_TARGET_BYTES", 1)
+    monkeypatch.setattr(_conv_dispatch, "_WINOGRAD_CACHE_TARGET_BYTES", 1)
 
 
 @pytest.fixture
 def blas_gemm(monkeypatch):
     """Winograd's GEMMs in numpy's BLAS (as on CPUs without AVX2): the chunks then hold BLAS at
     one thread."""
-    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", False)
+    monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", False)
 
 
 @pytest.fixture
 def native_gemm(monkeypatch):
     """Winograd's GEMMs in cnnext's tile_gemm kernels (what AVX2 machines use): no BLAS call."""
-    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", True)
+    monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", True)
 
 
 @pytest.mark.usefixtures("many_chunks")
 @pytest.mark.parametrize("native", [True, False], ids=["tile_gemm", "blas"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 def test_chunks_over_threads_bitwise_identical_and_correct(dtype, native, monkeypatch):
-    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", native)
+    monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", native)
     x, w, b, gy = data(dtype=dtype)
     results = {}
     for n in (1, 2, 3, 4):
@@ -81,8 +82,8 @@ def test_blas_is_single_threaded_inside_and_restored_after(monkeypatch):
     cnnext.set_num_threads(2)
     before = blas_threads()
     seen = []
-    real = conv._winograd.output_transform
-    monkeypatch.setattr(conv._winograd, "output_transform",
+    real = _conv_dispatch._winograd.output_transform
+    monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
                         lambda *a: seen.append((blas_threads(), threading.current_thread().name))
                         or real(*a))
     winograd_pass(*data())
@@ -104,12 +105,12 @@ def test_native_gemm_leaves_blas_alone_and_needs_no_control(monkeypatch):
         if control == "unavailable":
             monkeypatch.setattr(_parallel, "_functions", None)
         seen = []
-        real = conv._winograd.output_transform
-        monkeypatch.setattr(conv._winograd, "output_transform",
+        real = _conv_dispatch._winograd.output_transform
+        monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
                             lambda *a: seen.append((control == "available" and blas_threads(),
                                                     threading.current_thread().name)) or real(*a))
         got = winograd_pass(x, w, b, gy)
-        monkeypatch.setattr(conv._winograd, "output_transform", real)
+        monkeypatch.setattr(_conv_dispatch._winograd, "output_transform", real)
         for a, c in zip(got, want):
             np.testing.assert_array_equal(a, c)
         assert any(name.startswith("cnnext") for _, name in seen)
@@ -129,8 +130,8 @@ def test_blas_restored_after_an_error_in_a_chunk(monkeypatch):
         if len(calls) == 3:
             raise RuntimeError("chunk failed")
         return real(*a)
-    real = conv._winograd.input_transform
-    monkeypatch.setattr(conv._winograd, "input_transform", fail)
+    real = _conv_dispatch._winograd.input_transform
+    monkeypatch.setattr(_conv_dispatch._winograd, "input_transform", fail)
     x, w, b, _ = data()
     with cnnext.force_conv_algorithm("winograd"), pytest.raises(RuntimeError, match="chunk failed"):
         F.conv2d(x, w, b, padding=1)
@@ -186,11 +187,11 @@ def test_workspace_limit_bounds_the_worker_threads(monkeypatch):
     """Each worker holds one chunk's workspace: with room for one, the chunks run serially."""
     cnnext.set_num_threads(4)
     names = set()
-    real = conv._winograd.input_transform
-    monkeypatch.setattr(conv._winograd, "input_transform",
+    real = _conv_dispatch._winograd.input_transform
+    monkeypatch.setattr(_conv_dispatch._winograd, "input_transform",
                         lambda *a: names.add(threading.current_thread().name) or real(*a))
     x, w, b, gy = data()
-    tiles, ld, _ = conv._winograd_chunks(9, 5, 6, 10, 10, x.dtype)
+    tiles, ld, _ = _conv_dispatch._winograd_chunks(9, 5, 6, 10, 10, x.dtype)
     cnnext.set_workspace_limit(36 * (5 + 6) * ld * x.itemsize)
     winograd_pass(x, w, b, gy)
     assert names == {threading.current_thread().name}

@@ -15,6 +15,7 @@ import naive_oracle as oracle
 from cnnext._kernels import _direct
 from cnnext._config import force_conv_algorithm
 from cnnext.functional import conv as conv_module
+from cnnext.functional import _conv_dispatch
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -40,7 +41,7 @@ CASES = {
 @pytest.fixture(autouse=True)
 def small_kernels(monkeypatch):
     """Force the small kernels even on CPUs without AVX2 (they then run the baseline build)."""
-    monkeypatch.setattr(conv_module, "_NATIVE_DIRECT", True)
+    monkeypatch.setattr(_conv_dispatch, "_NATIVE_DIRECT", True)
 
 
 def _inputs(case, dtype):
@@ -98,7 +99,7 @@ def test_small_direct_only_for_small_stride1_problems():
         g = check_conv2d("t", x, w, None, kw.get("stride", 1), 0, kw.get("dilation", 1),
                          kw.get("groups", 1))[3]
         with force_conv_algorithm("direct"):
-            return conv_module._algorithm(g, x.dtype)
+            return _conv_dispatch._algorithm(g, x.dtype)
 
     assert algorithm((1, 1, 28, 28), (6, 1, 5, 5)) == "small"
     assert algorithm((64, 1, 28, 28), (6, 1, 5, 5)) == "direct"  # 2**17 elements of work or more

@@ -14,6 +14,7 @@ import cnnext
 import cnnext.functional as F
 from cnnext._config import force_conv_algorithm
 from cnnext.functional import conv
+from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
 from naive_oracle import assert_close
 
@@ -24,7 +25,7 @@ DTYPES = [np.float32, np.float64]
 def gemm_path(request, monkeypatch):
     """Every test here runs twice: with the 36 GEMMs in cnnext's tile_gemm kernels (what AVX2
     machines use) and in numpy's BLAS (what the others use)."""
-    monkeypatch.setattr(conv, "_NATIVE_TILE_GEMM", request.param == "tile_gemm")
+    monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", request.param == "tile_gemm")
     return request.param
 dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
 
@@ -102,7 +103,7 @@ def test_winograd_chunked_batch(limit, dtype, restore_config, monkeypatch):
     y_full, _, g_full = run(x, w, b, 1)
     tiles = 2 * 2  # 4x4 tiles over the 6x5 output
     per_sample = 36 * (3 + 4) * tiles * x.dtype.itemsize
-    monkeypatch.setattr(conv, "_WINOGRAD_CACHE_TARGET_BYTES", 2**30)
+    monkeypatch.setattr(_conv_dispatch, "_WINOGRAD_CACHE_TARGET_BYTES", 2**30)
     cnnext.set_workspace_limit({"one_sample": per_sample, "partial_last_chunk": 3 * per_sample,
                                 "tiny_1000_bytes": 1000}[limit])
     y, gy, g = run(x, w, b, 1)
@@ -205,10 +206,10 @@ def test_auto_picks_winograd_where_it_was_measured_faster():
     def algorithm(C, K, size, stride=1):
         x = np.zeros((2, C, size, size), np.float32)
         w = np.zeros((K, C, 3, 3), np.float32)
-        return conv._algorithm(check_conv2d("t", x, w, None, stride, 1, 1, 1)[3], x.dtype)
+        return _conv_dispatch._algorithm(check_conv2d("t", x, w, None, stride, 1, 1, 1)[3], x.dtype)
 
-    assert conv._WINOGRAD_AUTO  # at least one (size, channels) rule
-    for size, channels in conv._WINOGRAD_AUTO:
+    assert _conv_dispatch._WINOGRAD_AUTO  # at least one (size, channels) rule
+    for size, channels in _conv_dispatch._WINOGRAD_AUTO:
         assert algorithm(channels, channels, size) == "winograd"
         assert algorithm(channels, 2 * channels, size) == "winograd"
         assert algorithm(channels, channels, size, stride=2) == "gemm"
@@ -245,7 +246,7 @@ def test_winograd_chunks_cover_the_batch_in_balanced_shares(N, C, K, HW, gemm_pa
     """Chunks cover the batch in order; their count is a multiple of 4 (2 below 4) unless it is
     the batch size, so 2 or 4 threads get equal shares; sizes differ by at most one sample; the
     pitch fits the largest chunk's tiles rounded up to TILE_GEMM_PAD."""
-    tiles, ld, chunks = conv._winograd_chunks(N, C, K, HW, HW, np.dtype(np.float32))
+    tiles, ld, chunks = _conv_dispatch._winograd_chunks(N, C, K, HW, HW, np.dtype(np.float32))
     assert [n0 for n0, _ in chunks] == list(np.cumsum([0] + [nc for _, nc in chunks[:-1]]))
     assert sum(nc for _, nc in chunks) == N
     sizes = {nc for _, nc in chunks}
@@ -253,5 +254,5 @@ def test_winograd_chunks_cover_the_batch_in_balanced_shares(N, C, K, HW, gemm_pa
     count = len(chunks)
     assert count == N or count % 4 == 0 or (count < 4 and count % 2 == 0)
     assert count >= min(N, 4)
-    pad = conv._winograd.TILE_GEMM_PAD
+    pad = _conv_dispatch._winograd.TILE_GEMM_PAD
     assert ld % pad == 0 and max(sizes) * tiles <= ld < max(sizes) * tiles + pad

@@ -44,8 +44,8 @@ from cnnext._validation import (
 )
 from cnnext.learn_dl.activators import IdentityActivator, ReluActivator
 from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward, relu
-from cnnext.functional.conv import _backward_checked as _conv2d_backward_checked
-from cnnext.functional.conv import _forward as _conv2d_forward_checked
+from cnnext.functional._conv_dispatch import backward_checked as _conv2d_backward_checked
+from cnnext.functional._conv_dispatch import forward_checked as _conv2d_forward_checked
 
 __all__ = [
     "ConvLayer",
