@@ -7,6 +7,7 @@ ValueError or TypeError and name the function, the argument, what it was and wha
 Once these checks pass, the Cython kernels run without bounds checks.
 """
 import math
+import numbers
 import operator
 import reprlib
 import sys
@@ -24,7 +25,17 @@ __all__ = [
     "check_conv2d",
     "check_pool2d",
     "check_shape",
+    "check_bool",
+    "check_int",
+    "check_float",
+    "check_choice",
+    "check_dtype",
+    "check_rng",
 ]
+
+# Naming convention for every check here: ``check_x(value, name, func, ...)`` where ``name`` is the
+# argument and ``func`` the caller as the user sees it ("conv2d", "Conv2d", "SGD", "cnnext train").
+# Messages read "{func}: {name} must be ..., got ...".
 
 
 def _describe(x):
@@ -141,6 +152,98 @@ def check_bool(value, name, func):
     """Raise TypeError unless ``value`` is a bool (Python or numpy)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{func}: {name} must be a bool, got {_describe(value)}")
+
+
+def check_int(value, name, func, minimum=None, maximum=None):
+    """Return ``value`` as a Python int in [minimum, maximum]; bools and non-integers are refused.
+
+    Parameters
+    ----------
+    value : object
+        Anything with ``__index__`` (Python or numpy integer).
+    name, func : str
+        Argument and caller names for error messages.
+    minimum, maximum : int, optional
+        Inclusive bounds.
+    """
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{func}: {name} must be an int, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
+        if minimum is None:
+            raise ValueError(f"{func}: {name} must be <= {maximum}, got {value}")
+        raise ValueError(f"{func}: {name} must be in [{minimum}, {maximum}], got {value}")
+    return value
+
+
+def check_float(value, name, func, minimum=None, maximum=None, open_min=False, open_max=False,
+                finite=True):
+    """Return ``value`` as a Python float within the given bounds.
+
+    Parameters
+    ----------
+    value : object
+        A real number (Python or numpy; bools are refused).
+    name, func : str
+        Argument and caller names for error messages.
+    minimum, maximum : float, optional
+        Bounds, inclusive unless ``open_min`` / ``open_max``.
+    finite : bool
+        Refuse inf and NaN (NaN is always refused).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if math.isnan(v) or (finite and math.isinf(v)):
+        raise ValueError(f"{func}: {name} must be finite, got {value!r}")
+    low_bad = minimum is not None and (v <= minimum if open_min else v < minimum)
+    high_bad = maximum is not None and (v >= maximum if open_max else v > maximum)
+    if low_bad or high_bad:
+        if maximum is None:
+            want = f"{'>' if open_min else '>='} {minimum}"
+        elif minimum is None:
+            want = f"{'<' if open_max else '<='} {maximum}"
+        else:
+            want = f"in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
+        raise ValueError(f"{func}: {name} must be {want}, got {value!r}")
+    return v
+
+
+def check_choice(value, name, func, choices):
+    """Return ``value`` if it is one of ``choices`` (compared with ==), else raise ValueError."""
+    if not isinstance(value, (str, type(None), bool, int)) or value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{func}: {name} must be one of {listed}, got {value!r}")
+    return value
+
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype, name, func):
+    """Return ``dtype`` as the numpy dtype float32 or float64, or raise naming the argument."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be np.float32 or np.float64, got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise ValueError(f"{func}: {name} must be np.float32 or np.float64, got {dt}")
+    return dt
+
+
+def check_rng(rng, name, func):
+    """Return a numpy Generator from ``rng`` (None, an int seed or a Generator)."""
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        return np.random.default_rng(int(rng))
+    raise TypeError(
+        f"{func}: {name} must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}"
+    )
 
 
 def check_shape(arr, expected, name, func):
