@@ -34,7 +34,7 @@
 # sums are accumulated in double, so float32 input whose mean fits never overflows.
 #
 # max_pool2d_backward trusts nothing about `indices`: an index outside [0, H*W) is never used and the
-# kernel reports it, and cnnext/functional.py raises ValueError.
+# kernel reports it, and cnnext/functional/pooling.py raises ValueError.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX
