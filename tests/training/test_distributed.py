@@ -22,7 +22,7 @@ from cnnext import distributed as dist
 
 import distributed_worker as worker
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, with distributed_worker.py
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import cnnext
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 ARGS = ["--quick", "--no-learn-dl", "--shapes", "lenet2", "--sections", "conv,pool", "--threads", "1",
         "--dtype", "float32", "--reps", "1"]
 
