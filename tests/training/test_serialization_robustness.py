@@ -1,6 +1,6 @@
 """Model files are written atomically and read defensively (issue 6, item 6).
 
-Complements tests/test_serialization.py (round trips, hand-written bad contents) with:
+Complements tests/training/test_serialization.py (round trips, hand-written bad contents) with:
 - interrupted saves: the writer fails half-way (an exception, or the process dying outright) and the
   previous good file is intact; no temporary file is left behind after an exception;
 - concurrent saves and loads of one path: a reader only ever sees a complete model;
@@ -27,8 +27,6 @@ import pytest
 
 import cnnext
 from cnnext import nn
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _model(seed=0):
