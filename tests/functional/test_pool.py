@@ -1,55 +1,21 @@
 """cnnext.functional max_pool2d / avg_pool2d and their backward functions against the naive oracle."""
-import zlib
-
 import numpy as np
 import pytest
 
 import cnnext
 import cnnext.functional as F
+import helpers
 import naive_oracle as oracle
+from helpers import result_dtype, rng_for, with_layout
 from naive_oracle import AVG_POOL_CASES, MAX_POOL_CASES, assert_close
 
 DTYPES = [np.float32, np.float64, np.int64]
 LAYOUTS = ["C", "F", "slice", "negative", "readonly"]
 
 
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def make_data(rng, shape, dtype):
-    if np.dtype(dtype).kind in "iu":
-        # few distinct values: many ties, so the first-maximum rule is exercised
-        return rng.integers(-2, 3, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def result_dtype(dtype):
-    return np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
-
-
-def with_layout(a, layout):
-    a = np.asarray(a)
-    if layout == "C":
-        out = np.ascontiguousarray(a)
-    elif layout == "F":
-        out = np.asfortranarray(a)
-        assert out.flags.f_contiguous and not out.flags.c_contiguous
-    elif layout == "slice":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
-        big[..., ::2] = a
-        out = big[..., ::2]
-        assert not out.flags.c_contiguous
-    elif layout == "negative":
-        out = np.flip(np.ascontiguousarray(np.flip(a, axis=-2)), axis=-2)  # x[:, :, ::-1]
-        assert out.strides[-2] < 0
-    elif layout == "readonly":
-        out = a.copy()
-        out.setflags(write=False)
-    else:
-        raise AssertionError(layout)
-    np.testing.assert_array_equal(out, a)
-    return out
+    # few distinct integers: many ties, so the first-maximum rule is exercised
+    return helpers.make_data(rng, shape, dtype, int_low=-2, int_high=3)
 
 
 def max_args(case_id):

@@ -5,8 +5,6 @@ so in float32 its rounding error is larger than a direct sum's (about 1e-5 of th
 magnitude at 512 channels, against 3e-7 for im2col + GEMM); it stays inside the float32 tolerance
 of naive_oracle.assert_close (rtol 1e-4, atol 1e-5 relative to the output's largest magnitude).
 """
-import zlib
-
 import numpy as np
 import pytest
 
@@ -16,6 +14,7 @@ from cnnext._config import force_conv_algorithm
 from cnnext.functional import conv
 from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
+from helpers import rng_for
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -28,10 +27,6 @@ def gemm_path(request, monkeypatch):
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", request.param == "tile_gemm")
     return request.param
 dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def make(N, C, H, W, K, dtype, key, bias=True):

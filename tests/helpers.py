@@ -1,0 +1,73 @@
+"""Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences.
+
+Importable by name (``from helpers import rng_for``) because pyproject.toml's pytest settings put
+tests/ on sys.path. The reference results themselves come from tests/naive_oracle.py, never from here.
+"""
+import zlib
+
+import numpy as np
+
+
+def rng_for(*key):
+    """A generator seeded by ``key`` (case id, dtype name, ...): the same data for the same case on every run."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def make_data(rng, shape, dtype, int_low=-3, int_high=4):
+    """Random values of ``shape`` in ``dtype``: normal floats, or integers in [int_low, int_high)."""
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(int_low, int_high, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def result_dtype(dtype):
+    """The dtype the functional API returns for input ``dtype``: floats keep theirs, the rest is float64."""
+    return np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
+
+
+def with_layout(a, layout):
+    """The same values as ``a`` in memory layout ``layout`` (checked, so the test means it).
+
+    "C", "F", "slice" (every other element of a twice-as-wide last axis), "negative" (negative
+    stride along axis -2) or "readonly". An array too small to differ in a layout passes as it is.
+    """
+    a = np.asarray(a)
+    if layout == "C":
+        out = np.ascontiguousarray(a)
+        assert out.flags.c_contiguous
+    elif layout == "F":
+        out = np.asfortranarray(a)
+        # C and F order coincide when at most one axis is longer than 1
+        assert out.flags.f_contiguous and (not out.flags.c_contiguous or sum(n > 1 for n in a.shape) <= 1)
+    elif layout == "slice":
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+        big[..., ::2] = a
+        out = big[..., ::2]
+        assert not out.flags.c_contiguous or a.size <= 1
+    elif layout == "negative":
+        out = np.flip(np.ascontiguousarray(np.flip(a, axis=-2)), axis=-2)  # x[:, :, ::-1]
+        assert out.strides[-2] < 0 or a.shape[-2] <= 1
+    elif layout == "readonly":
+        out = a.copy()
+        out.setflags(write=False)
+    else:
+        raise AssertionError(layout)
+    np.testing.assert_array_equal(out, a)
+    return out
+
+
+def numerical_gradient(loss, a, eps=1e-6):
+    """d loss() / d a by central differences, perturbing one element of ``a`` in place at a time."""
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)  # views: a must be contiguous
+    assert np.shares_memory(flat, a)
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + eps
+        plus = loss()
+        flat[i] = saved - eps
+        minus = loss()
+        flat[i] = saved
+        gflat[i] = (plus - minus) / (2 * eps)
+    return grad
+
