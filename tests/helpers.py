@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences.
+"""Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences,
+seeded learn_dl layers.
 
 Importable by name (``from helpers import rng_for``) because pyproject.toml's pytest settings put
 tests/ on sys.path. The reference results themselves come from tests/naive_oracle.py, never from here.
@@ -6,6 +7,8 @@ tests/ on sys.path. The reference results themselves come from tests/naive_oracl
 import zlib
 
 import numpy as np
+
+from cnnext import ConvLayer, IdentityActivator
 
 
 def rng_for(*key):
@@ -71,3 +74,23 @@ def numerical_gradient(loss, a, eps=1e-6):
         gflat[i] = (plus - minus) / (2 * eps)
     return grad
 
+
+
+def random_conv_layer(iw, ih, c, fw, fh, k, zp, stride, act=None, lr=0.1, seed=0):
+    """A learn_dl ConvLayer (ConvLayer's arguments) with seeded standard-normal weights and biases."""
+    rng = np.random.default_rng(seed)
+    layer = ConvLayer(iw, ih, c, fw, fh, k, zp, stride, act or IdentityActivator(), lr)
+    for f in layer.filters:
+        f.weights = rng.standard_normal((c, fh, fw))
+        f.bias = rng.standard_normal()
+    return layer
+
+
+def layer_params(layer):
+    """A ConvLayer's filters as arrays: weights (K, C, fh, fw) and biases (K,)."""
+    return np.stack([f.weights for f in layer.filters]), np.array([f.bias for f in layer.filters])
+
+
+def layer_grads(layer):
+    """A ConvLayer's last gradients as arrays: weights_grad (K, C, fh, fw) and bias_grad (K,)."""
+    return np.stack([f.weights_grad for f in layer.filters]), np.array([f.bias_grad for f in layer.filters])

@@ -23,21 +23,21 @@ from cnnext import (
     get_patch,
     padding,
 )
+from helpers import layer_grads, layer_params, random_conv_layer
 
 
-def make_layer(iw, ih, c, fw, fh, k, zp, stride, act=None, lr=0.1, seed=0):
-    rng = np.random.default_rng(seed)
-    layer = ConvLayer(iw, ih, c, fw, fh, k, zp, stride, act or IdentityActivator(), lr)
-    for f in layer.filters:
-        f.weights = rng.standard_normal((c, fh, fw))
-        f.bias = rng.standard_normal()
-    return layer
-
-
-def layer_arrays(layer):
-    w = np.stack([f.weights for f in layer.filters])
-    b = np.array([f.bias for f in layer.filters])
-    return w, b
+def assert_forward_backward_match_oracle(layer, x, s):
+    """forward(x), then backward(x, s) with an identity activator before the layer, against the oracle."""
+    w, b = layer_params(layer)
+    stride, zp = layer.stride, layer.zero_padding
+    layer.forward(x)
+    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, stride, zp), rtol=1e-12, atol=1e-12)
+    layer.backward(x, s, IdentityActivator())
+    gx, gw, gb = oracle.conv2d_backward(s, x, w, stride, zp)
+    got_gw, got_gb = layer_grads(layer)
+    np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_gw, gw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_gb, gb, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- fixed learn_dl bugs
@@ -49,34 +49,21 @@ def layer_arrays(layer):
 ])
 def test_non_square_filters_backward(iw, ih, c, fw, fh, k, zp, stride):
     """learn_dl's bp_sensitivity_map used the filter width for both axes (wrong for fw != fh)."""
-    layer = make_layer(iw, ih, c, fw, fh, k, zp, stride)
+    layer = random_conv_layer(iw, ih, c, fw, fh, k, zp, stride)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((c, ih, iw))
     s = rng.standard_normal((k, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
-    layer.forward(x)
-    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, stride, zp), rtol=1e-12, atol=1e-12)
-    layer.backward(x, s, IdentityActivator())
-    gx, gw, gb = oracle.conv2d_backward(s, x, w, stride, zp)
-    np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.stack([f.weights_grad for f in layer.filters]), gw, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose([f.bias_grad for f in layer.filters], gb, rtol=1e-12, atol=1e-12)
+    assert_forward_backward_match_oracle(layer, x, s)
 
 
 @pytest.mark.parametrize("zp, fw, fh, stride", [(2, 2, 2, 1), (3, 2, 2, 1), (4, 3, 2, 2), (5, 1, 1, 2)])
 def test_zero_padding_larger_than_filter_minus_one(zp, fw, fh, stride):
     """learn_dl padded the sensitivity map by filter - 1 - zero_padding (< 0 crashed)."""
-    layer = make_layer(4, 3, 2, fw, fh, 2, zp, stride)
+    layer = random_conv_layer(4, 3, 2, fw, fh, 2, zp, stride)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4))
     s = rng.standard_normal((2, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
-    layer.forward(x)
-    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, stride, zp), rtol=1e-12, atol=1e-12)
-    layer.backward(x, s, IdentityActivator())
-    gx, gw, gb = oracle.conv2d_backward(s, x, w, stride, zp)
-    np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.stack([f.weights_grad for f in layer.filters]), gw, rtol=1e-12, atol=1e-12)
+    assert_forward_backward_match_oracle(layer, x, s)
 
 
 def test_max_pool_overlapping_windows_accumulate_hand_computed():
@@ -104,12 +91,12 @@ def test_max_pool_overlapping_windows_vs_oracle(iw, ih, fw, fh, stride):
 
 def test_against_torch():
     torch = pytest.importorskip("torch")
-    layer = make_layer(9, 7, 3, 4, 2, 5, 3, 2)
+    layer = random_conv_layer(9, 7, 3, 4, 2, 5, 3, 2)
     pool = MaxPoolingLayer(9, 7, 3, 3, 2, 1)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 7, 9))
     s = rng.standard_normal((5, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
     layer.backward(x, s, IdentityActivator())
     xt = torch.tensor(x[None], requires_grad=True)
@@ -136,11 +123,11 @@ def test_against_torch():
 # --------------------------------------------------------------------------- activators in layers
 
 def test_forward_applies_own_activator_backward_applies_previous_one():
-    layer = make_layer(5, 4, 2, 3, 3, 2, 1, 1, act=ReluActivator())
+    layer = random_conv_layer(5, 4, 2, 3, 3, 2, 1, 1, act=ReluActivator())
     rng = np.random.default_rng(5)
     x = SigmoidActivator().forward(rng.standard_normal((2, 4, 5)))   # previous layer: sigmoid
     s = rng.standard_normal((2, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
     np.testing.assert_allclose(layer.output_array, np.maximum(oracle.conv2d(x, w, b, 1, 1), 0), rtol=1e-12)
     layer.backward(x, s, SigmoidActivator())
@@ -162,8 +149,8 @@ def test_scalar_only_activator_falls_back_to_per_element():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 5, 5))
     s = rng.standard_normal((3, 5, 5))
-    ours = make_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ReluActivator())
-    theirs = make_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ScalarOnlyRelu())
+    ours = random_conv_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ReluActivator())
+    theirs = random_conv_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ScalarOnlyRelu())
     ours.forward(x)
     theirs.forward(x)
     np.testing.assert_array_equal(theirs.output_array, ours.output_array)
@@ -179,7 +166,7 @@ def test_scalar_only_activator_falls_back_to_per_element():
 @pytest.mark.parametrize("act", [IdentityActivator(), ReluActivator(), TanhActivator()], ids=repr)
 def test_conv_batch_equals_per_sample(act):
     n = 4
-    layer = make_layer(6, 5, 2, 3, 2, 3, 1, 2, act=act)
+    layer = random_conv_layer(6, 5, 2, 3, 2, 3, 1, 2, act=act)
     rng = np.random.default_rng(7)
     xb = TanhActivator().forward(rng.standard_normal((n, 2, 5, 6)))
     sb = rng.standard_normal((n, 3, layer.output_height, layer.output_width))
@@ -218,7 +205,7 @@ def test_pool_batch_equals_per_sample():
 
 
 def test_empty_batch():
-    layer = make_layer(5, 5, 2, 3, 3, 2, 1, 1)
+    layer = random_conv_layer(5, 5, 2, 3, 3, 2, 1, 1)
     layer.forward(np.zeros((0, 2, 5, 5)))
     assert layer.output_array.shape == (0, 2, 5, 5)
     layer.backward(np.zeros((0, 2, 5, 5)), np.zeros((0, 2, 5, 5)), IdentityActivator())
@@ -229,11 +216,11 @@ def test_empty_batch():
 # --------------------------------------------------------------------------- bp_* and update
 
 def test_bp_sensitivity_map_and_bp_gradient_split_backward():
-    layer = make_layer(6, 6, 2, 3, 3, 2, 1, 2)
+    layer = random_conv_layer(6, 6, 2, 3, 3, 2, 1, 2)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 6, 6))
     s = rng.standard_normal((2, 3, 3))
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     gx, gw, gb = oracle.conv2d_backward(s, x, w, 2, 1)
     layer.forward(x)
     layer.bp_sensitivity_map(s, IdentityActivator())
@@ -245,7 +232,7 @@ def test_bp_sensitivity_map_and_bp_gradient_split_backward():
 
 
 def test_bp_before_forward_raises():
-    layer = make_layer(4, 4, 1, 2, 2, 1, 0, 1)
+    layer = random_conv_layer(4, 4, 1, 2, 2, 1, 0, 1)
     with pytest.raises(RuntimeError, match="forward"):
         layer.bp_gradient(np.zeros((1, 3, 3)))
     with pytest.raises(RuntimeError, match="forward"):
@@ -253,14 +240,14 @@ def test_bp_before_forward_raises():
 
 
 def test_update_is_sgd_on_every_filter():
-    layer = make_layer(5, 5, 2, 3, 3, 3, 0, 1, lr=0.05)
+    layer = random_conv_layer(5, 5, 2, 3, 3, 3, 0, 1, lr=0.05)
     rng = np.random.default_rng(10)
     x, s = rng.standard_normal((2, 5, 5)), rng.standard_normal((3, 3, 3))
-    w0, b0 = layer_arrays(layer)
+    w0, b0 = layer_params(layer)
     layer.backward(x, s, IdentityActivator())
     _, gw, gb = oracle.conv2d_backward(s, x, w0, 1, 0)
     layer.update()
-    w1, b1 = layer_arrays(layer)
+    w1, b1 = layer_params(layer)
     np.testing.assert_allclose(w1, w0 - 0.05 * gw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(b1, b0 - 0.05 * gb, rtol=1e-12, atol=1e-12)
 
@@ -281,11 +268,11 @@ def test_padded_input_array():
 
 
 def test_non_contiguous_and_readonly_inputs():
-    layer = make_layer(5, 4, 2, 3, 3, 2, 1, 1)
+    layer = random_conv_layer(5, 4, 2, 3, 3, 2, 1, 1)
     rng = np.random.default_rng(11)
     x = np.asfortranarray(rng.standard_normal((2, 4, 5)))
     x.flags.writeable = False
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
     np.testing.assert_allclose(layer.output_array, oracle.conv2d(np.array(x), w, b, 1, 1), rtol=1e-12)
     big = rng.standard_normal((2, 8, 10))[:, ::-2, ::2]
