@@ -1,5 +1,5 @@
 """Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences,
-seeded learn_dl layers.
+results across thread counts, seeded learn_dl layers.
 
 Importable by name (``from helpers import rng_for``) because pyproject.toml's pytest settings put
 tests/ on sys.path. The reference results themselves come from tests/naive_oracle.py, never from here.
@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 
+import cnnext
 from cnnext import ConvLayer, IdentityActivator
 
 
@@ -74,6 +75,25 @@ def numerical_gradient(loss, a, eps=1e-6):
         gflat[i] = (plus - minus) / (2 * eps)
     return grad
 
+
+
+def same_at_thread_counts(run, counts=(1, 2)):
+    """``run()`` (a sequence of arrays) once per kernel thread count in ``counts``; every result must
+    be bitwise equal to the first count's. Returns the last count's results.
+
+    It sets the process-wide thread count: use it in tests with the ``restore_config`` fixture.
+    """
+    first = None
+    for n in counts:
+        cnnext.set_num_threads(n)
+        assert cnnext.get_num_threads() == n
+        results = tuple(run())
+        if first is None:
+            first = results
+        assert len(results) == len(first)
+        for i, (a, b) in enumerate(zip(first, results)):
+            assert np.array_equal(a, b), f"result {i} differs between {counts[0]} and {n} threads"
+    return results
 
 
 def random_conv_layer(iw, ih, c, fw, fh, k, zp, stride, act=None, lr=0.1, seed=0):

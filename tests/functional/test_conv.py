@@ -6,7 +6,7 @@ import cnnext
 import cnnext.functional as F
 from cnnext._config import force_conv_algorithm
 import naive_oracle as oracle
-from helpers import make_data, result_dtype, rng_for, with_layout
+from helpers import make_data, result_dtype, rng_for, same_at_thread_counts, with_layout
 from naive_oracle import CONV_CASES, assert_close
 
 DTYPES = [np.float32, np.float64, np.int64]
@@ -146,15 +146,10 @@ def test_conv2d_thread_counts_bitwise_identical(case_id, dtype, restore_config, 
     x, w, b, params = conv_inputs(case_id, dtype)
     x = np.concatenate([x, -x, x * 2]).astype(dtype)  # a few more planes to split among threads
     gy = make_data(rng_for(case_id, "gy-threads"), out_shape(x, w, params), dtype)
-    results = {}
-    for n in (1, 2):
-        cnnext.set_num_threads(n)
-        assert cnnext.get_num_threads() == n
-        results[n] = (F.conv2d(x, w, b, **params),) + F.conv2d_backward(gy, x, w, **params)
-    for a, c in zip(results[1], results[2]):
-        assert np.array_equal(a, c)
-    assert_close(results[2][0], oracle.conv2d(x, w, b, **params))
-    for got, want in zip(results[2][1:], oracle.conv2d_backward(gy, x, w, **params)):
+    y, *grads = same_at_thread_counts(
+        lambda: (F.conv2d(x, w, b, **params),) + F.conv2d_backward(gy, x, w, **params))
+    assert_close(y, oracle.conv2d(x, w, b, **params))
+    for got, want in zip(grads, oracle.conv2d_backward(gy, x, w, **params)):
         assert_close(got, want)
 
 

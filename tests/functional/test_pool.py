@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 
-import cnnext
 import cnnext.functional as F
 import helpers
 import naive_oracle as oracle
-from helpers import result_dtype, rng_for, with_layout
+from helpers import result_dtype, rng_for, same_at_thread_counts, with_layout
 from naive_oracle import AVG_POOL_CASES, MAX_POOL_CASES, assert_close
 
 DTYPES = [np.float32, np.float64, np.int64]
@@ -16,6 +15,14 @@ LAYOUTS = ["C", "F", "slice", "negative", "readonly"]
 def make_data(rng, shape, dtype):
     # few distinct integers: many ties, so the first-maximum rule is exercised
     return helpers.make_data(rng, shape, dtype, int_low=-2, int_high=3)
+
+
+def every_case_and_dtype(cases):
+    """Parametrize a test over every case id of ``cases`` and every dtype of DTYPES."""
+    def mark(test):
+        test = pytest.mark.parametrize("case_id", list(cases))(test)
+        return pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)(test)
+    return mark
 
 
 def max_args(case_id):
@@ -41,8 +48,7 @@ def assert_max_equal(y, idx, x, kw):
 # ---------------------------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(MAX_POOL_CASES))
+@every_case_and_dtype(MAX_POOL_CASES)
 def test_max_pool2d_matches_oracle(case_id, dtype):
     shape, kw = max_args(case_id)
     x = make_data(rng_for(case_id, np.dtype(dtype).name), shape, dtype)
@@ -54,8 +60,7 @@ def test_max_pool2d_matches_oracle(case_id, dtype):
     np.testing.assert_array_equal(y_only, y)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(MAX_POOL_CASES))
+@every_case_and_dtype(MAX_POOL_CASES)
 def test_max_pool2d_backward_matches_oracle(case_id, dtype):
     shape, kw = max_args(case_id)
     x = make_data(rng_for(case_id, np.dtype(dtype).name), shape, dtype)
@@ -194,28 +199,10 @@ def test_max_pool2d_empty_batch(case_id, dtype):
     assert gx.shape == x.shape and gx.dtype == np.dtype(dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", ["2x2s2_fastpath", "3x3s2_overlap", "dilation_ceil_asym"])
-def test_max_pool2d_thread_counts_bitwise_identical(case_id, dtype, restore_config):
-    shape, kw = max_args(case_id)
-    shape = (3,) + shape[1:]
-    x = make_data(rng_for(case_id, "threads"), shape, dtype)
-    results = {}
-    for n in (1, 2):
-        cnnext.set_num_threads(n)
-        y, idx = F.max_pool2d(x, return_indices=True, **kw)
-        gy = make_data(rng_for(case_id, "gy-threads"), y.shape, dtype)
-        results[n] = (y, idx, F.max_pool2d_backward(gy, idx, x.shape))
-    for a, b in zip(results[1], results[2]):
-        assert np.array_equal(a, b)
-    assert_max_equal(results[2][0], results[2][1], x, kw)
-
-
 # ---------------------------------------------------------------------------------------------
 # average pooling
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(AVG_POOL_CASES))
+@every_case_and_dtype(AVG_POOL_CASES)
 def test_avg_pool2d_matches_oracle(case_id, dtype):
     shape, kw = avg_args(case_id)
     x = make_data(rng_for(case_id, np.dtype(dtype).name), shape, dtype)
@@ -224,8 +211,7 @@ def test_avg_pool2d_matches_oracle(case_id, dtype):
     assert_close(y, oracle.avg_pool2d(x, **kw))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(AVG_POOL_CASES))
+@every_case_and_dtype(AVG_POOL_CASES)
 def test_avg_pool2d_backward_matches_oracle(case_id, dtype):
     shape, kw = avg_args(case_id)
     ey = oracle.avg_pool2d(np.zeros(shape), **kw)
@@ -285,18 +271,27 @@ def test_avg_pool2d_empty_batch(case_id, dtype):
     assert gx.shape == x.shape and gx.dtype == np.dtype(dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# both
+# ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", ["2x2s2", "3x3s2_pad1_ceil_nocount", "nonsquare_ceil"])
-def test_avg_pool2d_thread_counts_bitwise_identical(case_id, dtype, restore_config):
-    shape, kw = avg_args(case_id)
-    shape = (3,) + shape[1:]
-    x = make_data(rng_for(case_id, "threads"), shape, dtype)
-    results = {}
-    for n in (1, 2):
-        cnnext.set_num_threads(n)
+@pytest.mark.parametrize("op, case_id", [("max", c) for c in ("2x2s2_fastpath", "3x3s2_overlap", "dilation_ceil_asym")]
+                         + [("avg", c) for c in ("2x2s2", "3x3s2_pad1_ceil_nocount", "nonsquare_ceil")])
+def test_pool2d_thread_counts_bitwise_identical(op, case_id, dtype, restore_config):
+    """Forward (and max pooling's indices) and backward are bitwise the same on 1 and 2 threads."""
+    shape, kw = (max_args if op == "max" else avg_args)(case_id)
+    x = make_data(rng_for(case_id, "threads"), (3,) + shape[1:], dtype)
+
+    def run():
+        if op == "max":
+            y, idx = F.max_pool2d(x, return_indices=True, **kw)
+            gy = make_data(rng_for(case_id, "gy-threads"), y.shape, dtype)
+            return y, idx, F.max_pool2d_backward(gy, idx, x.shape)
         y = F.avg_pool2d(x, **kw)
         gy = make_data(rng_for(case_id, "gy-threads"), y.shape, dtype)
-        results[n] = (y, F.avg_pool2d_backward(gy, shape, **kw))
-    for a, b in zip(results[1], results[2]):
-        assert np.array_equal(a, b)
-    assert_close(results[2][0], oracle.avg_pool2d(x, **kw))
+        return y, F.avg_pool2d_backward(gy, x.shape, **kw)
+    y, *rest = same_at_thread_counts(run)
+    if op == "max":
+        assert_max_equal(y, rest[0], x, kw)
+    else:
+        assert_close(y, oracle.avg_pool2d(x, **kw))

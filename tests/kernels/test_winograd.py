@@ -14,7 +14,7 @@ from cnnext._config import force_conv_algorithm
 from cnnext.functional import conv
 from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
-from helpers import rng_for
+from helpers import rng_for, same_at_thread_counts
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -144,15 +144,12 @@ def test_winograd_backward_runs_every_pass_by_winograd(monkeypatch):
 @pytest.mark.parametrize("padding", [0, 1])
 def test_winograd_thread_counts_bitwise_identical(padding, dtype, restore_config):
     x, w, b = make(5, 6, 9, 8, 7, dtype, "threads")
-    results = {}
-    for n in (1, 2, 3):
-        cnnext.set_num_threads(n)
-        y, gy, grads = run(x, w, b, padding)
-        results[n] = (y,) + grads
-    for n in (2, 3):
-        for a, c in zip(results[1], results[n]):
-            assert np.array_equal(a, c)
-    assert_close(results[2][0], oracle.conv2d(x, w, b, padding=padding))
+
+    def outputs():
+        y, _, grads = run(x, w, b, padding)
+        return (y,) + grads
+    y, *_ = same_at_thread_counts(outputs, (1, 2, 3))
+    assert_close(y, oracle.conv2d(x, w, b, padding=padding))
 
 
 @pytest.mark.parametrize("layout", ["readonly", "slice", "F"])

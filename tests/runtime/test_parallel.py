@@ -11,6 +11,7 @@ from cnnext import _parallel
 from cnnext.functional import conv
 from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
+from helpers import same_at_thread_counts
 from naive_oracle import assert_close
 
 needs_control = pytest.mark.skipif(not _parallel.blas_control_available(),
@@ -64,15 +65,10 @@ def native_gemm(monkeypatch):
 def test_chunks_over_threads_bitwise_identical_and_correct(dtype, native, monkeypatch):
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", native)
     x, w, b, gy = data(dtype=dtype)
-    results = {}
-    for n in (1, 2, 3, 4):
-        cnnext.set_num_threads(n)
-        results[n] = winograd_pass(x, w, b, gy)
-    for n in (2, 3, 4):
-        for got, want in zip(results[n], results[1]):
-            np.testing.assert_array_equal(got, want)  # grad_weight sums the chunks in order
-    assert_close(results[2][0], oracle.conv2d(x, w, b, padding=1))
-    for got, want in zip(results[2][1:], oracle.conv2d_backward(gy, x, w, padding=1)):
+    # bitwise: grad_weight sums the chunks in order
+    y, *grads = same_at_thread_counts(lambda: winograd_pass(x, w, b, gy), (1, 2, 3, 4))
+    assert_close(y, oracle.conv2d(x, w, b, padding=1))
+    for got, want in zip(grads, oracle.conv2d_backward(gy, x, w, padding=1)):
         assert_close(got, want)
 
 
