@@ -28,6 +28,9 @@ def blocked_kernels(monkeypatch):
     """These tests drive the Cython kernels: small stride-1 problems would otherwise go to the
     small-convolution C kernels on AVX2 machines (tested in test_small_direct.py)."""
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_DIRECT", False)
+    _conv_dispatch._auto_algorithm.cache_clear()  # its cached choices depend on _NATIVE_DIRECT
+    yield
+    _conv_dispatch._auto_algorithm.cache_clear()
 
 # (N, C, H, W, K, kh, kw, stride, padding, dilation, groups)
 CASES = {
