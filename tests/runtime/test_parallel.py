@@ -1,5 +1,6 @@
 """Chunk-level parallelism (cnnext/_parallel.py): numpy's BLAS kept single-threaded and restored,
 chunks spread over Python threads, results bitwise identical for every thread count."""
+import contextlib
 import threading
 
 import numpy as np
@@ -40,6 +41,23 @@ def winograd_pass(x, w, b, gy):
         return conv_pass(x, w, b, gy)
 
 
+@contextlib.contextmanager
+def chunk_calls(blas=True):
+    """Record (BLAS thread count if ``blas``, else None; thread name) at every call of Winograd's
+    output transform, which runs once per chunk, while the block runs."""
+    seen = []
+    real = _conv_dispatch._winograd.output_transform
+
+    def recording(*args):
+        seen.append((blas_threads() if blas else None, threading.current_thread().name))
+        return real(*args)
+    _conv_dispatch._winograd.output_transform = recording
+    try:
+        yield seen
+    finally:
+        _conv_dispatch._winograd.output_transform = real
+
+
 @pytest.fixture
 def many_chunks(monkeypatch, restore_config):
     """Chunks of one sample, so a 9-sample batch is 9 chunks for the threads to share."""
@@ -74,15 +92,11 @@ def test_chunks_over_threads_bitwise_identical_and_correct(dtype, native, monkey
 
 @needs_control
 @pytest.mark.usefixtures("many_chunks", "blas_gemm")
-def test_blas_is_single_threaded_inside_and_restored_after(monkeypatch):
+def test_blas_is_single_threaded_inside_and_restored_after():
     cnnext.set_num_threads(2)
     before = blas_threads()
-    seen = []
-    real = _conv_dispatch._winograd.output_transform
-    monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
-                        lambda *a: seen.append((blas_threads(), threading.current_thread().name))
-                        or real(*a))
-    winograd_pass(*data())
+    with chunk_calls() as seen:
+        winograd_pass(*data())
     assert blas_threads() == before
     assert {t for t, _ in seen} == {1}
     assert any(name.startswith("cnnext") for _, name in seen)  # the chunks ran on worker threads
@@ -100,13 +114,8 @@ def test_native_gemm_leaves_blas_alone_and_needs_no_control(monkeypatch):
     for control in ("available", "unavailable"):
         if control == "unavailable":
             monkeypatch.setattr(_parallel, "_functions", None)
-        seen = []
-        real = _conv_dispatch._winograd.output_transform
-        monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
-                            lambda *a: seen.append((control == "available" and blas_threads(),
-                                                    threading.current_thread().name)) or real(*a))
-        got = winograd_pass(x, w, b, gy)
-        monkeypatch.setattr(_conv_dispatch._winograd, "output_transform", real)
+        with chunk_calls(blas=control == "available") as seen:
+            got = winograd_pass(x, w, b, gy)
         for a, c in zip(got, want):
             np.testing.assert_array_equal(a, c)
         assert any(name.startswith("cnnext") for _, name in seen)
