@@ -92,7 +92,8 @@ def same_at_thread_counts(run, counts=(1, 2)):
             first = results
         assert len(results) == len(first)
         for i, (a, b) in enumerate(zip(first, results)):
-            assert np.array_equal(a, b), f"result {i} differs between {counts[0]} and {n} threads"
+            assert a.dtype == b.dtype and np.array_equal(a, b), \
+                f"result {i} differs between {counts[0]} and {n} threads"
     return results
 
 

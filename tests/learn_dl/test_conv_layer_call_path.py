@@ -28,7 +28,7 @@ from cnnext import Filter, IdentityActivator, ReluActivator, TanhActivator
 from cnnext import _config
 from cnnext.learn_dl import layers
 from cnnext._config import force_conv_algorithm
-from helpers import layer_grads, layer_params, random_conv_layer
+from helpers import layer_grads, layer_params, random_conv_layer, same_at_thread_counts
 
 # (input_width, input_height, channel_number, filter_width, filter_height, filter_number,
 #  zero_padding, stride)
@@ -323,15 +323,8 @@ THREAD_SHAPES = [(1, 1, 28, 6, 5, 1, 0), (2, 3, 11, 4, 3, 2, 1), (4, 8, 24, 8, 3
 @pytest.mark.parametrize("min_work", [_config._MIN_PARALLEL_WORK, 0], ids=["default", "always-parallel"])
 def test_results_do_not_depend_on_threads(monkeypatch, algorithm, min_work):
     monkeypatch.setitem(_config._state, "min_parallel_work", min_work)
-    results = {}
     with force_conv_algorithm(algorithm):
-        for n in (1, 2, 3):
-            cnnext.set_num_threads(n)
-            results[n] = _conv_results(THREAD_SHAPES)
-    for n in (2, 3):
-        for got, want in zip(results[n], results[1]):
-            assert got.dtype == want.dtype
-            np.testing.assert_array_equal(got, want)
+        same_at_thread_counts(lambda: _conv_results(THREAD_SHAPES), (1, 2, 3))
 
 
 @pytest.mark.usefixtures("restore_config")
