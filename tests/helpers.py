@@ -1,15 +1,21 @@
 """Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences,
-results across thread counts, seeded learn_dl layers.
+results across thread counts, seeded learn_dl layers, the environment of a child Python.
 
 Importable by name (``from helpers import rng_for``) because pyproject.toml's pytest settings put
 tests/ on sys.path. The reference results themselves come from tests/naive_oracle.py, never from here.
 """
+import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 import cnnext
 from cnnext import ConvLayer, IdentityActivator
+
+# The directory the cnnext under test was imported from (the checkout with an in-place build, or
+# site-packages for an installed wheel).
+PKG_PARENT = str(Path(cnnext.__file__).resolve().parent.parent)
 
 
 def rng_for(*key):
@@ -115,3 +121,15 @@ def layer_params(layer):
 def layer_grads(layer):
     """A ConvLayer's last gradients as arrays: weights_grad (K, C, fh, fw) and bias_grad (K,)."""
     return np.stack([f.weights_grad for f in layer.filters]), np.array([f.bias_grad for f in layer.filters])
+
+
+def child_env(*paths, **variables):
+    """``os.environ`` plus ``variables`` for a child Python that imports the same cnnext as the tests.
+
+    The directory cnnext came from goes first on PYTHONPATH, then ``paths``, then the caller's own
+    PYTHONPATH. Run the child outside the checkout (``cwd``): ``python -c`` and ``python -m`` put the
+    working directory first on sys.path, and there the source tree would shadow the cnnext under test.
+    """
+    env = dict(os.environ, **variables)
+    env["PYTHONPATH"] = os.pathsep.join([PKG_PARENT, *map(str, paths), *filter(None, [env.get("PYTHONPATH")])])
+    return env

@@ -4,7 +4,6 @@ Every expected value here is a literal from the learn_dl tutorial (issue 2) / a 
 reference script, never something cnnext computed. The helpers below are written the way a learn_dl
 user writes them (the tutorial's init_test, gradient_check, init_pool_test), with cnnext's classes.
 """
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import pytest
 
 import cnnext
 from cnnext import ConvLayer, IdentityActivator, MaxPoolingLayer
-from helpers import numerical_gradient
+from helpers import child_env, numerical_gradient
 
 # --------------------------------------------------------------------------- learn_dl's fixtures
 
@@ -271,9 +270,7 @@ def test_learn_dl_user_script(tmp_path):
         print(json.dumps(dict(test=test(), gradient_check=gradient_check(),
                               pool=test_pool(), relu_net=relu_net())))
     '''))
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=child_env(),
                           cwd=str(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     import json

@@ -4,6 +4,7 @@ import pytest
 
 import cnnext
 from cnnext import _config, _runtime
+from helpers import child_env
 
 
 @pytest.fixture
@@ -58,13 +59,10 @@ def test_loaded_runtimes_lists_paths():
 
 
 def _fresh_python(code, **env):
-    import os
     import subprocess
     import sys
-    full = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    full = {k: v for k, v in child_env().items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
     full.update(env)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
-    full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
     # cwd: not the checkout, whose uncompiled cnnext/ would shadow the one under test ("-c" puts
     # the working directory first on sys.path)
     import tempfile
