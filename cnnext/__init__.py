@@ -61,6 +61,7 @@ from cnnext.learn_dl import (  # noqa: E402
     get_patch,
     padding,
 )
+from cnnext._grad_mode import inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402
 from cnnext import nn, optim  # noqa: E402
 from cnnext.gradcheck import gradcheck  # noqa: E402
 from cnnext.serialization import load, save  # noqa: E402
@@ -85,6 +86,10 @@ __all__ = [
     "save",
     "load",
     "gradcheck",
+    "no_grad",
+    "inference_mode",
+    "set_grad_enabled",
+    "is_grad_enabled",
     # learn_dl API (cnnext.learn_dl)
     *learn_dl.__all__,
 ]

@@ -32,12 +32,17 @@ from cnnext.nn.layers import (
     Tanh,
 )
 from cnnext.nn.loss import CrossEntropyLoss, MSELoss
-from cnnext.nn.module import Module, Parameter, Sequential
+from cnnext.nn import ops
+from cnnext.nn.module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
 
 __all__ = [
     "Parameter",
     "Module",
     "Sequential",
+    "ModuleList",
+    "ModuleDict",
+    "Identity",
+    "ops",
     "Conv2d",
     "Linear",
     "MaxPool2d",

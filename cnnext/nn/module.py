@@ -9,9 +9,11 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from cnnext._grad_mode import is_grad_enabled
 from cnnext._validation import as_float_array
+from cnnext.nn import _tape
 
-__all__ = ["Parameter", "Module", "Sequential"]
+__all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "Identity"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ANY_ND = tuple(range(0, 33))
@@ -171,7 +173,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, grad_output, input_grad=True):
-        """Return d loss / d input and accumulate parameter gradients (subclasses implement it).
+        """Return d loss / d input and accumulate parameter gradients.
+
+        Layers implement it. A module that does not (a block whose ``forward`` calls sub-modules
+        and ``cnnext.nn.ops``, such as a residual block) gets it from the tape of its last
+        ``forward`` (see ``cnnext.nn._tape``): exact, with fan-out summed and unused branches skipped.
 
         Parameters
         ----------
@@ -181,14 +187,49 @@ class Module:
             When False the gradient with respect to the input is not needed (first layer of a
             model); a module may then skip computing it and return None.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+        tape = self.__dict__.get("_tape")
+        if tape is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: call forward first (nothing recorded from a "
+                f"forward pass{'; it ran under cnnext.no_grad()' if self.__dict__.get('_no_grad_forward') else ''})"
+            )
+        return tape.backward(grad_output, input_grad)
 
     def __call__(self, *args):
-        return self.forward(*args)
+        outer = _tape.current()
+        enabled = is_grad_enabled()
+        if enabled and type(self).backward is Module.backward:
+            tape = _tape.Tape(self)
+            with tape:
+                out = self.forward(*args)
+            tape.inputs, tape.output = args, out
+            self.__dict__["_tape"] = tape
+        elif outer is not None:
+            # a module with its own backward: what its forward calls is its own business
+            with _tape.suspended():
+                out = self.forward(*args)
+        else:
+            if not enabled:
+                self.__dict__["_tape"] = None
+            out = self.forward(*args)
+        self.__dict__["_no_grad_forward"] = not enabled
+        if outer is not None and enabled:
+            outer.record_module(self, args, out)
+        return out
+
+    def _keep(self, name, value):
+        """Cache ``value`` for backward as attribute ``name`` (None under ``cnnext.no_grad()``)."""
+        self.__dict__[name] = value if is_grad_enabled() else None
 
     def _cached(self, name):
         value = self.__dict__.get(name)
         if value is None:
+            if self.__dict__.get("_no_grad_forward"):
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: the last forward ran under cnnext.no_grad() "
+                    "(or inference_mode), which keeps nothing for backward; run forward with "
+                    "gradients enabled"
+                )
             raise RuntimeError(
                 f"{type(self).__name__}.backward: call forward first (nothing cached from a forward pass)"
             )
@@ -402,3 +443,121 @@ class Sequential(Module):
         for i in range(len(mods) - 1, -1, -1):
             g = mods[i].backward(g, input_grad=input_grad or i > 0)
         return g
+
+
+def _check_child(module, what, func):
+    if not isinstance(module, Module):
+        raise TypeError(f"{func}: {what} must be a cnnext.nn.Module, got {type(module).__name__}")
+    return module
+
+
+class ModuleList(Module):
+    """A list of sub-modules, registered as "0", "1", ... (PyTorch's state_dict keys).
+
+    It holds modules only; the ``forward`` of the module that owns it decides how they are called.
+
+    Parameters
+    ----------
+    modules : iterable of Module, optional
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        """Add a module at the end; return self."""
+        self._modules[str(len(self._modules))] = _check_child(module, "module", "ModuleList.append")
+        return self
+
+    def extend(self, modules):
+        """Append every module of an iterable; return self."""
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        mods = list(self._modules.values())
+        if isinstance(index, slice):
+            return ModuleList(mods[index])
+        return mods[index]
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleList has no forward: call its modules from the owner's forward")
+
+
+class ModuleDict(Module):
+    """An ordered mapping of names to sub-modules (keys become state_dict prefixes).
+
+    Parameters
+    ----------
+    modules : mapping or iterable of (str, Module) pairs, optional
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __setitem__(self, name, module):
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"ModuleDict: keys must be non-empty strings without '.', got {name!r}")
+        self._modules[name] = _check_child(module, f"the value for {name!r}", "ModuleDict")
+
+    def __getitem__(self, name):
+        return self._modules[name]
+
+    def __delitem__(self, name):
+        del self._modules[name]
+
+    def __contains__(self, name):
+        return name in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        """The names, in insertion order."""
+        return self._modules.keys()
+
+    def values(self):
+        """The modules, in insertion order."""
+        return self._modules.values()
+
+    def items(self):
+        """(name, module) pairs, in insertion order."""
+        return self._modules.items()
+
+    def update(self, modules):
+        """Add (name, module) pairs from a mapping or an iterable of pairs."""
+        items = modules.items() if hasattr(modules, "items") else modules
+        for name, m in items:
+            self[name] = m
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleDict has no forward: call its modules from the owner's forward")
+
+
+class Identity(Module):
+    """Returns its input unchanged (a placeholder, e.g. a residual shortcut)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        """Return ``x``."""
+        return x
+
+    def backward(self, grad_output, input_grad=True):
+        """Return ``grad_output`` (None when ``input_grad`` is False)."""
+        return grad_output if input_grad else None
