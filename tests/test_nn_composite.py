@@ -308,3 +308,50 @@ def test_module_list_and_dict_keys_match_torch():
         nn.ModuleList([3])
     with pytest.raises(ValueError, match="ModuleDict: keys must be"):
         nn.ModuleDict({"a.b": nn.Identity()})
+
+
+class WithBuffers(nn.Module):
+    def __init__(self, rng):
+        super().__init__()
+        self.fc = nn.Linear(2, 2, rng=rng, dtype=np.float64)
+        self.register_buffer("running", np.zeros(2))
+        self.register_buffer("count", np.zeros((), dtype=np.int64))
+        self.register_buffer("scratch", np.ones(3), persistent=False)
+        self.scale = nn.Parameter(np.ones(2))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class TWithBuffers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.register_buffer("running", torch.zeros(2))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("scratch", torch.ones(3), persistent=False)
+        self.scale = torch.nn.Parameter(torch.ones(2))
+
+
+def test_buffers_in_state_dict_in_torch_order_and_converted_by_to():
+    rng = np.random.default_rng(11)
+    outer = nn.Sequential(WithBuffers(rng), WithBuffers(rng))
+    touter = torch.nn.Sequential(TWithBuffers(), TWithBuffers())
+    assert list(outer.state_dict()) == list(touter.state_dict())
+    assert [n for n, _ in outer.named_buffers()] == [n for n, _ in touter.named_buffers()]
+    assert [n for n, _ in outer.named_parameters()] == [n for n, _ in touter.named_parameters()]
+    touter[1].running.fill_(3.0)
+    touter[1].count.fill_(7)
+    outer.load_state_dict({k: v for k, v in touter.state_dict().items()})
+    np.testing.assert_array_equal(outer[1].running, [3.0, 3.0])
+    assert outer[1].count == 7 and outer[1].count.dtype == np.int64
+    outer.to(np.float32)
+    assert outer[0].running.dtype == np.float32 and outer[0].count.dtype == np.int64
+    assert outer[0].scratch.dtype == np.float32 and "0.scratch" not in outer.state_dict()
+    sd = outer.state_dict()
+    sd["1.count"] = np.array(2.5)
+    with pytest.raises(ValueError, match="'1.count' must hold whole numbers"):
+        outer.load_state_dict(sd)
+    assert outer[1].count == 7  # a failed load changes nothing
+    with pytest.raises(TypeError, match="register_buffer: array must be an ndarray"):
+        outer[0].register_buffer("bad", [1, 2])

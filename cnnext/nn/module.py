@@ -124,12 +124,20 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
 
     # -- attribute registration -------------------------------------------------------------
     def __setattr__(self, name, value):
         d = self.__dict__
+        buffers = d.get("_buffers")
+        if buffers is not None and name in buffers:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"{type(self).__name__}: buffer {name!r} must be an ndarray or None, "
+                                f"got {type(value).__name__}")
+            buffers[name] = value
+            return
         if not isinstance(value, (Parameter, Module)) and name in d:
             d[name] = value  # fast path: plain attribute already set (caches in forward)
             return
@@ -155,6 +163,8 @@ class Module:
         d = self.__dict__
         if name in d.get("_parameters", ()):
             return d["_parameters"][name]
+        if name in d.get("_buffers", ()):
+            return d["_buffers"][name]
         if name in d.get("_modules", ()):
             return d["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -162,6 +172,8 @@ class Module:
     def __delattr__(self, name):
         if name in self._parameters:
             del self._parameters[name]
+        elif name in self._buffers:
+            del self._buffers[name]
         elif name in self._modules:
             del self._modules[name]
         else:
@@ -235,6 +247,59 @@ class Module:
             )
         return value
 
+    # -- buffers ----------------------------------------------------------------------------
+    def register_buffer(self, name, array, persistent=True):
+        """Register ``array`` as state that is not a parameter (BatchNorm's running statistics).
+
+        Buffers are saved in ``state_dict`` (unless ``persistent`` is False), converted by ``to()``
+        when they hold floats, and reachable as attributes; optimizers never see them.
+
+        Parameters
+        ----------
+        name : str
+        array : ndarray or None
+        persistent : bool
+        """
+        func = f"{type(self).__name__}.register_buffer"
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{func}: name must be a non-empty string without '.', got {name!r}")
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"{func}: array must be an ndarray or None, got {type(array).__name__}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"{func}: {name!r} is already a parameter or sub-module")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = array
+        if not persistent:
+            self.__dict__.setdefault("_non_persistent", set()).add(name)
+        else:
+            self.__dict__.get("_non_persistent", set()).discard(name)
+
+    def named_buffers(self, prefix=""):
+        """Iterate over (dotted name, array) pairs of every buffer (None buffers skipped)."""
+        for mname, m in self.named_modules(prefix):
+            for bname, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mname}.{bname}" if mname else bname), b
+
+    def buffers(self):
+        """Iterate over the buffer arrays."""
+        for _, b in self.named_buffers():
+            yield b
+
+    def _named_state(self):
+        """(name, owner module, attribute, kind) of every state_dict entry, in PyTorch's order:
+        each module's parameters, then its persistent buffers, then its sub-modules'."""
+        seen = set()
+        for mname, m in self.named_modules():
+            for pname, p in m._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), m, pname, "parameter"
+            skip = m.__dict__.get("_non_persistent", ())
+            for bname, b in m._buffers.items():
+                if b is not None and bname not in skip:
+                    yield (f"{mname}.{bname}" if mname else bname), m, bname, "buffer"
+
     # -- traversal --------------------------------------------------------------------------
     def children(self):
         """Iterate over the direct sub-modules."""
@@ -294,6 +359,10 @@ class Module:
             p.data = p.data.astype(dt)
             p.grad = p.grad.astype(dt)
         for m in self.modules():
+            for bname, b in m._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    m._buffers[bname] = b.astype(dt)
+        for m in self.modules():
             if "dtype" in m.__dict__:
                 object.__setattr__(m, "dtype", dt)
         return self
@@ -313,7 +382,11 @@ class Module:
         The arrays have PyTorch's layouts (Conv2d weight (out, in/groups, kH, kW); Linear weight
         (out, in)), so ``torch_model.load_state_dict({k: torch.from_numpy(v) ...})`` accepts it.
         """
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        out = OrderedDict()
+        for name, m, attr, kind in self._named_state():
+            value = m._parameters[attr].data if kind == "parameter" else m._buffers[attr]
+            out[name] = value.copy()
+        return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays into the parameters, by name.
@@ -333,7 +406,7 @@ class Module:
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"{owner}: state_dict must be a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")
-        params = OrderedDict(self.named_parameters())
+        params = OrderedDict((name, (m, attr, kind)) for name, m, attr, kind in self._named_state())
         missing = [k for k in params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in params]
         if strict and (missing or unexpected):
@@ -345,17 +418,20 @@ class Module:
             raise ValueError(f"{owner}: state_dict does not match the model: {'; '.join(parts)} "
                              f"(the model has {list(params)})")
         staged = []
-        for name, p in params.items():
+        for name, (m, attr, kind) in params.items():
             if name not in state_dict:
                 continue
+            target = m._parameters[attr].data if kind == "parameter" else m._buffers[attr]
             value = _to_numpy(state_dict[name])
             if value.dtype.kind not in "fiu" or value.dtype.kind == "c":
                 raise TypeError(f"{owner}: {name!r} must be a real numeric array, got dtype {value.dtype}")
-            if value.shape != p.data.shape:
-                raise ValueError(f"{owner}: {name!r} must have shape {p.data.shape}, got {value.shape}")
-            staged.append((p, value))
-        for p, value in staged:  # all checked first: a failed load changes nothing
-            p.data[...] = value
+            if value.shape != target.shape:
+                raise ValueError(f"{owner}: {name!r} must have shape {target.shape}, got {value.shape}")
+            if target.dtype.kind in "iu" and value.dtype.kind == "f" and not np.all(value == np.round(value)):
+                raise ValueError(f"{owner}: {name!r} must hold whole numbers, got {value.ravel()[:4]}")
+            staged.append((target, value))
+        for target, value in staged:  # all checked first: a failed load changes nothing
+            target[...] = value
         return IncompatibleKeys(missing, unexpected)
 
     # -- display ----------------------------------------------------------------------------
