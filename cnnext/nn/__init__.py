@@ -32,7 +32,7 @@ from cnnext.nn.layers import (
     Tanh,
 )
 from cnnext.nn.loss import CrossEntropyLoss, MSELoss
-from cnnext.nn import ops
+from cnnext.nn import ops, utils
 from cnnext.nn.module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ModuleDict",
     "Identity",
     "ops",
+    "utils",
     "Conv2d",
     "Linear",
     "MaxPool2d",
