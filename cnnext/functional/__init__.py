@@ -30,6 +30,7 @@ from cnnext.functional.pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from cnnext.functional.normalization import batch_norm, batch_norm_backward
 
 __all__ = [
     "conv2d",
@@ -54,4 +55,6 @@ __all__ = [
     "mse_loss_backward",
     "dropout",
     "dropout_backward",
+    "batch_norm",
+    "batch_norm_backward",
 ]
