@@ -31,6 +31,12 @@ from cnnext.functional.pooling import (
     max_pool2d_backward,
 )
 from cnnext.functional.normalization import batch_norm, batch_norm_backward
+from cnnext.functional.adaptive import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d,
+    adaptive_max_pool2d_backward,
+)
 
 __all__ = [
     "conv2d",
@@ -57,4 +63,8 @@ __all__ = [
     "dropout_backward",
     "batch_norm",
     "batch_norm_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
 ]
