@@ -10,12 +10,15 @@ File layout (a NumPy .npz archive, readable with ``np.load(path, allow_pickle=Fa
 The architecture is a tree of ``{"type": "Conv2d", "config": {...}}`` (Sequential: ``"children":
 [[name, spec], ...]``) naming cnnext.nn classes only, so loading never runs code from the file.
 Saving writes a temporary file in the destination directory and renames it over the target, so a
-crash never leaves a half-written model behind.
+crash never leaves a half-written model behind; a symbolic link is written through (its target is
+replaced, the link kept), and directories, devices, FIFOs and sockets are refused.
 """
 import contextlib
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -68,14 +71,23 @@ def save(model, path, metadata=None):
     model : cnnext.nn.Module
         A cnnext.nn layer or a Sequential of them.
     path : str or os.PathLike
-        Destination, written as given (no extension is added).
+        Destination, written as given (no extension is added). A symbolic link is followed: the
+        file it points to is replaced atomically and the link kept.
     metadata : dict, optional
         JSON-serialisable extra information stored with the model (e.g. dataset, accuracy);
         returned by ``load(path, return_metadata=True)``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is (or points to) a directory, a device, a FIFO or a socket.
+    FileNotFoundError
+        The directory of ``path`` does not exist.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnext.save: model must be a cnnext.nn.Module, got {type(model).__name__}")
     path = os.fspath(path)
+    target = save_target(path)
     meta = {
         "format": _FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -92,21 +104,66 @@ def save(model, path, metadata=None):
     if _META_KEY in arrays:
         raise ValueError(f"cnnext.save: parameter name {_META_KEY!r} is reserved")
     arrays[_META_KEY] = np.array(text)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnext-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".cnnext-", suffix=".tmp", dir=os.path.dirname(target))
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _refuse_non_regular(path, target, "cnnext.save", follow=False)  # changed meanwhile?
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_non_regular(path, target, func, follow=True):
+    try:
+        st = os.stat(target) if follow else os.lstat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{func}: path {path!r} is a symbolic link loop") from None
+        raise
+    if stat.S_ISREG(st.st_mode) or (not follow and stat.S_ISLNK(st.st_mode)):
+        return
+    kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+    via = f" (it resolves to {target!r})" if target != os.path.abspath(path) else ""
+    raise ValueError(f"{func}: path {path!r} is {kind}{via}; a model is saved to a regular file "
+                     f"(give a file name)")
+
+
+def save_target(path, func="cnnext.save"):
+    """Return the file that saving to ``path`` replaces, or raise if ``path`` cannot take a model.
+
+    Symbolic links are followed (the file they point to is replaced, the links are kept);
+    directories, devices, FIFOs and sockets are refused with a ValueError naming ``path``, a
+    missing directory with FileNotFoundError. ``save`` calls it first; callers with long work
+    before saving (the CLI's ``--save``) can call it up front.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    func : str
+        Caller name for error messages.
+    """
+    path = os.fspath(path)
+    target = os.path.realpath(path)
+    _refuse_non_regular(path, target, func)
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{func}: cannot save to {path!r}: directory {directory!r} does not exist")
+    return target
 
 
 def _umask():

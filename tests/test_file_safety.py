@@ -1,4 +1,6 @@
-"""Hostile files: decompression bombs for read_idx and cnnext.load (issue 13 item 5).
+"""Hostile files: decompression bombs for read_idx and cnnext.load (issue 13 item 5), and save
+targets that are not regular files: symlinks written through, FIFOs, devices, sockets and
+directories refused (issue 13 item 7).
 
 The bombs are built here without inflating them: a raw deflate stream of N MiB of zeros is one
 compressed 1 MiB block repeated N times (after a full flush the compressor starts afresh, so every
@@ -283,3 +285,109 @@ def test_load_reads_big_endian_and_fortran_members(tmp_path):
     np.testing.assert_array_equal(m.weight.data, [[0, 1, 2], [3, 4, 5]])
     np.testing.assert_array_equal(m.bias.data, [7, 8])
     assert m.weight.data.dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------ cnnext.save targets
+# (issue 13 item 7) a symbolic link is written through; anything but a regular file is refused
+
+def _tiny(seed=0):
+    return cnnext.nn.Linear(3, 2, rng=seed)
+
+
+def _weights_of(path):
+    with np.load(path, allow_pickle=False) as z:
+        return z["weight"]
+
+
+def test_save_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path):
+    store, links = tmp_path / "store", tmp_path / "links"
+    store.mkdir()
+    links.mkdir()
+    target = store / "model.npz"
+    cnnext.save(_tiny(0), target)
+    link = links / "current.npz"
+    link.symlink_to(os.path.relpath(target, links))  # relative link into another directory
+    chain = tmp_path / "chain.npz"
+    chain.symlink_to(link)  # a link to the link
+    new = _tiny(1)
+    cnnext.save(new, link)
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(target, links)
+    assert target.is_file() and not target.is_symlink()
+    np.testing.assert_array_equal(_weights_of(target), new.weight.data)
+    newer = _tiny(2)
+    cnnext.save(newer, chain)
+    assert chain.is_symlink() and link.is_symlink()
+    np.testing.assert_array_equal(cnnext.load(chain).weight.data, newer.weight.data)
+    # the temporary file went to the target's directory and is gone: nothing else anywhere
+    assert sorted(os.listdir(store)) == ["model.npz"] and sorted(os.listdir(links)) == ["current.npz"]
+
+
+def test_save_through_a_dangling_symlink_creates_its_target(tmp_path):
+    link = tmp_path / "link.npz"
+    link.symlink_to(tmp_path / "sub" / "made.npz")
+    with pytest.raises(FileNotFoundError, match=r"cnnext.save: cannot save to '.*link.npz': directory"):
+        cnnext.save(_tiny(), link)  # the target's directory does not exist
+    (tmp_path / "sub").mkdir()
+    cnnext.save(_tiny(3), link)
+    assert link.is_symlink() and (tmp_path / "sub" / "made.npz").is_file()
+    np.testing.assert_array_equal(_weights_of(tmp_path / "sub" / "made.npz"), _tiny(3).weight.data)
+
+
+def test_save_refuses_a_fifo_without_opening_it(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # opening it for writing would block: save must not even try
+    with pytest.raises(ValueError, match=r"cnnext.save: path '.*pipe' is a FIFO \(named pipe\)"):
+        cnnext.save(_tiny(), fifo)
+    assert fifo.is_fifo() and os.listdir(tmp_path) == ["pipe"]
+    link = tmp_path / "to-pipe.npz"
+    link.symlink_to(fifo)
+    with pytest.raises(ValueError, match=r"path '.*to-pipe.npz' is a FIFO .* \(it resolves to '.*pipe'\)"):
+        cnnext.save(_tiny(), link)
+    assert link.is_symlink() and fifo.is_fifo()
+
+
+def test_save_refuses_a_link_to_a_device_and_a_directory(tmp_path):
+    null = tmp_path / "null.npz"
+    null.symlink_to("/dev/null")
+    before = os.stat("/dev/null")
+    with pytest.raises(ValueError, match=r"path '.*null.npz' is a character device"):
+        cnnext.save(_tiny(), null)
+    after = os.stat("/dev/null")
+    assert null.is_symlink() and (after.st_rdev, after.st_ino) == (before.st_rdev, before.st_ino)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "to-dir").symlink_to(tmp_path / "dir")
+    with pytest.raises(ValueError, match=r"path '.*to-dir' is a directory"):
+        cnnext.save(_tiny(), tmp_path / "to-dir")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match="symbolic link loop"):
+        cnnext.save(_tiny(), loop)
+    assert sorted(os.listdir(tmp_path)) == ["dir", "loop", "null.npz", "to-dir"]
+    assert os.listdir(tmp_path / "dir") == []
+
+
+def test_save_refuses_a_socket_and_a_missing_directory(tmp_path):
+    import socket
+
+    sock_path = tmp_path / "s"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock_path))
+        with pytest.raises(ValueError, match=r"path '.*s' is a socket"):
+            cnnext.save(_tiny(), sock_path)
+    with pytest.raises(FileNotFoundError, match=r"cannot save to '.*nowhere/m.npz': directory '.*nowhere' does not"):
+        cnnext.save(_tiny(), tmp_path / "nowhere" / "m.npz")
+
+
+def test_save_rechecks_the_target_just_before_the_rename(tmp_path, monkeypatch):
+    """The target turns into a FIFO while the model is being written: nothing is replaced."""
+    path = tmp_path / "m.npz"
+    real = np.savez_compressed
+
+    def write_then_swap(file, **arrays):
+        real(file, **arrays)
+        os.mkfifo(path)
+
+    monkeypatch.setattr(np, "savez_compressed", write_then_swap)
+    with pytest.raises(ValueError, match="is a FIFO"):
+        cnnext.save(_tiny(), path)
+    assert path.is_fifo() and os.listdir(tmp_path) == ["m.npz"]
