@@ -63,6 +63,7 @@ from cnnext.learn_dl import (  # noqa: E402
 )
 from cnnext._grad_mode import inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402
 from cnnext import nn, optim  # noqa: E402
+from cnnext import models  # noqa: E402
 from cnnext.gradcheck import gradcheck  # noqa: E402
 from cnnext.serialization import load, save  # noqa: E402
 
@@ -83,6 +84,7 @@ __all__ = [
     # training toolkit
     "nn",
     "optim",
+    "models",
     "save",
     "load",
     "gradcheck",
