@@ -1,4 +1,4 @@
-"""cnnext.optim: CosineAnnealingLR step by step against torch.optim.lr_scheduler and closed forms; create_optimizer."""
+"""cnnext.optim: CosineAnnealingLR step by step against torch.optim.lr_scheduler and closed forms."""
 import math
 
 import numpy as np
@@ -127,13 +127,3 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(TypeError, match="state_dict must be a dict"):
         sched.load_state_dict([1])
 
-
-def test_create_optimizer_by_name():
-    params = [nn.Parameter(np.zeros(3))]
-    opt = optim.create_optimizer("sgd", params, lr=0.05, momentum=0.9)
-    assert type(opt) is optim.SGD and opt.param_groups[0]["momentum"] == 0.9
-    assert type(optim.create_optimizer("adamw", params)) is optim.AdamW
-    assert optim.create_optimizer("adamw", params).param_groups[0]["weight_decay"] == 1e-2
-    assert type(optim.create_optimizer("adam", params, lr=0.01)) is optim.Adam
-    with pytest.raises(ValueError, match="create_optimizer: name must be one of 'sgd', 'adam', 'adamw'"):
-        optim.create_optimizer("rmsprop", params)
