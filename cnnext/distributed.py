@@ -1,23 +1,24 @@
-"""Data-parallel training over MPI: a gradient-averaging model wrapper, a sharding sampler, metrics.
+"""Data-parallel training over MPI: a gradient-averaging model wrapper, a sharding sampler and loader, metrics.
 
 Needs the optional extra ``pip install "cnnext[mpi]"`` (mpi4py plus the MPICH wheel; on a cluster
 build mpi4py against the system MPI instead). ``mpi4py`` is imported only when a communicator is
 needed, so ``import cnnext.distributed`` always works and ``DistributedSampler`` with explicit
-``num_replicas``/``rank`` runs without MPI.
+``num_replicas``/``rank`` runs without MPI. This module is a library: the command line's
+``train --distributed`` (in ``cnnext.cli.train``) is built on it and on ``cnnext.training.fit``.
 
-One training step on every rank::
+Training on every rank (``mpiexec -n N python script.py``), with the one training loop::
 
-    from cnnext import distributed as dist
+    import functools
+    from cnnext import distributed as dist, nn, optim, training
+
     ddp = dist.DistributedDataParallel(model)        # rank 0's weights are broadcast to all ranks
-    sampler = dist.DistributedSampler(len(X), seed=0)
-    opt = optim.SGD(ddp.parameters(), lr=0.1)
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for xb, yb in sampler.minibatches(X, y, batch_size):   # this rank's shard
-            opt.zero_grad()
-            loss = criterion(ddp(xb), yb)
-            ddp.backward(criterion.backward())               # gradients averaged over the ranks
-            opt.step()
+    history = training.fit(
+        ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.1),
+        dist.DistributedLoader(X, y, batch_size=32, seed=0),    # this rank's shard, per epoch
+        epochs=5, reduce=functools.partial(dist.reduce_metrics, comm=ddp.comm))  # metrics of all ranks
+
+``ddp.backward`` averages the gradients over the ranks, so every rank's optimizer takes the same
+step; ``DistributedSampler.minibatches`` and ``ddp.backward`` also serve hand-written loops.
 
 Design
 ------
@@ -39,7 +40,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cnnext._validation import check_int
+from cnnext._validation import check_float, check_int
 from cnnext.nn.module import Module
 
 __all__ = [
@@ -84,15 +85,6 @@ def get_comm(comm=None):
                             f"got {type(comm).__name__}")
         return comm
     return _mpi().COMM_WORLD
-
-
-def _check_int(value, name, owner, minimum=0):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,23 +133,23 @@ class DistributedSampler:
 
     def __init__(self, n_samples, num_replicas=None, rank=None, shuffle=True, seed=0,
                  drop_last=False, comm=None):
-        owner = "DistributedSampler"
-        self.n_samples = _check_int(n_samples, "n_samples", owner, 1)
+        func = "DistributedSampler"
+        self.n_samples = check_int(n_samples, "n_samples", func, minimum=1)
         if num_replicas is None or rank is None:
             c = get_comm(comm)
             num_replicas = c.Get_size() if num_replicas is None else num_replicas
             rank = c.Get_rank() if rank is None else rank
-        self.num_replicas = _check_int(num_replicas, "num_replicas", owner, 1)
-        self.rank = _check_int(rank, "rank", owner, 0)
+        self.num_replicas = check_int(num_replicas, "num_replicas", func, minimum=1)
+        self.rank = check_int(rank, "rank", func, minimum=0)
         if self.rank >= self.num_replicas:
-            raise ValueError(f"{owner}: rank must be in [0, num_replicas={self.num_replicas}), got {self.rank}")
-        self.seed = _check_int(seed, "seed", owner, 0)
+            raise ValueError(f"{func}: rank must be in [0, num_replicas={self.num_replicas}), got {self.rank}")
+        self.seed = check_int(seed, "seed", func, minimum=0)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         if self.drop_last:
             self.num_samples = self.n_samples // self.num_replicas
             if self.num_samples == 0:
-                raise ValueError(f"{owner}: n_samples={self.n_samples} < num_replicas={self.num_replicas} "
+                raise ValueError(f"{func}: n_samples={self.n_samples} < num_replicas={self.num_replicas} "
                                  f"leaves every rank empty with drop_last=True; use drop_last=False")
         else:
             self.num_samples = -(-self.n_samples // self.num_replicas)
@@ -166,7 +158,7 @@ class DistributedSampler:
 
     def set_epoch(self, epoch):
         """Select the epoch whose permutation ``indices`` returns (call it on every rank)."""
-        self.epoch = _check_int(epoch, "epoch", "DistributedSampler.set_epoch", 0)
+        self.epoch = check_int(epoch, "epoch", "DistributedSampler.set_epoch", minimum=0)
 
     def global_order(self):
         """Return the padded (or truncated) permutation shared by all ranks, length ``total_size``."""
@@ -190,7 +182,7 @@ class DistributedSampler:
 
     def num_batches(self, batch_size):
         """Steps per epoch with minibatches of ``batch_size`` (the last one may be partial)."""
-        batch_size = _check_int(batch_size, "batch_size", "DistributedSampler.num_batches", 1)
+        batch_size = check_int(batch_size, "batch_size", "DistributedSampler.num_batches", minimum=1)
         return -(-self.num_samples // batch_size)
 
     def minibatches(self, X, y=None, batch_size=32):
@@ -204,15 +196,15 @@ class DistributedSampler:
             Per-rank batch size; the last batch holds ``num_samples % batch_size`` samples when that
             is not zero (the same on every rank).
         """
-        owner = "DistributedSampler.minibatches"
-        batch_size = _check_int(batch_size, "batch_size", owner, 1)
+        func = "DistributedSampler.minibatches"
+        batch_size = check_int(batch_size, "batch_size", func, minimum=1)
         X = np.asarray(X)
         if X.ndim < 1 or X.shape[0] != self.n_samples:
-            raise ValueError(f"{owner}: X must have n_samples={self.n_samples} rows, got shape {X.shape}")
+            raise ValueError(f"{func}: X must have n_samples={self.n_samples} rows, got shape {X.shape}")
         if y is not None:
             y = np.asarray(y)
             if y.ndim < 1 or y.shape[0] != self.n_samples:
-                raise ValueError(f"{owner}: y must have n_samples={self.n_samples} rows, got shape {y.shape}")
+                raise ValueError(f"{func}: y must have n_samples={self.n_samples} rows, got shape {y.shape}")
         idx = self.indices()
         for start in range(0, idx.size, batch_size):
             b = idx[start:start + batch_size]
@@ -287,9 +279,9 @@ def shard_range(n, rank, size):
     The blocks differ in length by at most one and cover ``range(n)`` exactly once (no padding),
     which is what evaluation needs: the summed metrics count every sample once.
     """
-    n = _check_int(n, "n", "shard_range", 0)
-    size = _check_int(size, "size", "shard_range", 1)
-    rank = _check_int(rank, "rank", "shard_range", 0)
+    n = check_int(n, "n", "shard_range", minimum=0)
+    size = check_int(size, "size", "shard_range", minimum=1)
+    rank = check_int(rank, "rank", "shard_range", minimum=0)
     if rank >= size:
         raise ValueError(f"shard_range: rank must be in [0, size={size}), got {rank}")
     q, r = divmod(n, size)
@@ -427,19 +419,16 @@ class DistributedDataParallel(Module):
     """
 
     def __init__(self, module, comm=None, bucket_cap_mb=25.0, broadcast_parameters=True):
-        owner = "DistributedDataParallel"
+        func = "DistributedDataParallel"
         if not isinstance(module, Module):
-            raise TypeError(f"{owner}: module must be a cnnext.nn.Module, got {type(module).__name__}")
-        if isinstance(bucket_cap_mb, (bool, np.bool_)) or not isinstance(bucket_cap_mb, (int, float, np.number)):
-            raise TypeError(f"{owner}: bucket_cap_mb must be a number, got {bucket_cap_mb!r}")
-        if not bucket_cap_mb > 0:
-            raise ValueError(f"{owner}: bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+            raise TypeError(f"{func}: module must be a cnnext.nn.Module, got {type(module).__name__}")
+        bucket_cap_mb = check_float(bucket_cap_mb, "bucket_cap_mb", func, minimum=0.0, open_min=True)
         super().__init__()
         self.module = module
         self.comm = get_comm(comm)
         self.rank = self.comm.Get_rank()
         self.world_size = self.comm.Get_size()
-        self.bucket_cap_bytes = int(float(bucket_cap_mb) * 2 ** 20)
+        self.bucket_cap_bytes = int(bucket_cap_mb * 2 ** 20)
         self.allreduce_times = []
         self._sync = True
         self._buckets = []

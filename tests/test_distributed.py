@@ -216,6 +216,21 @@ def test_reduce_metrics_single_rank_and_errors():
         dist.DistributedDataParallel(worker.build_model(0), comm=object())
 
 
+def test_checks_are_the_package_ones():
+    # cnnext._validation's check_int / check_float: numpy integers pass, bools and inf do not
+    s = dist.DistributedSampler(np.int64(10), num_replicas=np.int32(2), rank=np.int64(1), seed=np.uint8(3))
+    assert (s.n_samples, s.num_replicas, s.rank, s.seed) == (10, 2, 1, 3)
+    with pytest.raises(TypeError, match="DistributedSampler: seed must be an int, got bool True"):
+        dist.DistributedSampler(10, 2, 0, seed=True)
+    with pytest.raises(ValueError, match="shard_range: size must be >= 1, got 0"):
+        dist.shard_range(4, 0, 0)
+    with pytest.raises(ValueError, match="DistributedDataParallel: bucket_cap_mb must be finite"):
+        dist.DistributedDataParallel(worker.build_model(0), comm=OneRank(), bucket_cap_mb=float("inf"))
+    with pytest.raises(TypeError, match="bucket_cap_mb must be a real number"):
+        dist.DistributedDataParallel(worker.build_model(0), comm=OneRank(), bucket_cap_mb=True)
+    assert "train_cli" not in dist.__all__ and not hasattr(dist, "train_cli")   # the CLI is cnnext.cli's
+
+
 def test_missing_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)   # makes "from mpi4py import MPI" fail
     with pytest.raises(ImportError, match=r"cnnext\[mpi\]"):
