@@ -2,15 +2,26 @@
 
 Construct one over ``model.parameters()``, then per step: ``opt.zero_grad()``, forward,
 ``model.backward(...)``, ``opt.step()``. ``create_optimizer("adam", params, lr=...)`` picks one by
-name; ``CosineAnnealingLR`` (in ``cnnext.optim.lr_scheduler``) anneals the learning rate.
+name; the schedules of ``cnnext.optim.lr_scheduler`` (``StepLR``, ``MultiStepLR``, ``CosineAnnealingLR``,
+``OneCycleLR``, ``LinearLR``, ``SequentialLR``, ``ReduceLROnPlateau``) change the learning rate.
 """
 from cnnext._validation import check_choice
 from cnnext.optim import lr_scheduler
-from cnnext.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+from cnnext.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    OneCycleLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+    StepLR,
+)
 from cnnext.optim.optimizers import SGD, Adam, AdamW, Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "create_optimizer", "LRScheduler",
-           "CosineAnnealingLR", "lr_scheduler"]
+           "CosineAnnealingLR", "StepLR", "MultiStepLR", "LinearLR", "OneCycleLR", "SequentialLR",
+           "ReduceLROnPlateau", "lr_scheduler"]
 
 #: The optimizers ``create_optimizer`` knows, by lower-case name.
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
