@@ -15,6 +15,7 @@ replaced, the link kept), and directories, devices, FIFOs and sockets are refuse
 """
 import contextlib
 import errno
+import inspect
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cnnext._version import __version__
-from cnnext import nn
+from cnnext import models, nn
 from cnnext._validation import check_int
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
@@ -35,23 +36,26 @@ __all__ = ["save", "load", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 _META_KEY = "__cnnext__"
 _FORMAT_NAME = "cnnext.model"
+_CONTAINERS = {cls.__name__: cls for cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict)}
 _LAYERS = {cls.__name__: cls for cls in (
     nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Flatten,
-    nn.Dropout, nn.CrossEntropyLoss, nn.MSELoss)}
-_WITH_DTYPE = (nn.Conv2d, nn.Linear)
+    nn.Dropout, nn.CrossEntropyLoss, nn.MSELoss, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity,
+    models.LeNet5, models.CifarNet, models.BasicBlock, models.ResNet20, models.MobileNetCifar)}
 _MAX_BYTES = 2**31  # default cap on the decompressed size of a model file
 _MAX_HEADER_BYTES = 2**26  # the JSON header (architecture and metadata)
 
 
 def _architecture(module):
-    if isinstance(module, nn.Sequential):
-        return {"type": "Sequential",
-                "children": [[name, _architecture(m)] for name, m in module.named_children()]}
     cls = type(module)
+    if _CONTAINERS.get(cls.__name__) is cls:
+        return {"type": cls.__name__,
+                "children": [[name, _architecture(m)] for name, m in module.named_children()]}
     if _LAYERS.get(cls.__name__) is not cls:
         raise TypeError(
-            f"cnnext.save: cannot describe a {cls.__name__} module; save supports models built from "
-            f"cnnext.nn layers and Sequential (for other modules save model.state_dict() with np.savez)"
+            f"cnnext.save: cannot describe a {cls.__name__} module; save supports the modules "
+            f"cnnext ships (cnnext.nn layers, Sequential, ModuleList, ModuleDict, the cnnext.models "
+            f"zoo), nested to any depth (for your own modules save model.state_dict() with np.savez)"
         )
     return {"type": cls.__name__, "config": module._config()}
 
@@ -188,9 +192,18 @@ def _param_elements(kind, config):
             out, groups = int(config["out_channels"]), max(1, int(config.get("groups", 1)))
             return (out * (int(config["in_channels"]) // groups) * kh * kw
                     + (out if config.get("bias", True) else 0))
+        if kind in ("BatchNorm1d", "BatchNorm2d"):
+            return 2 * int(config["num_features"])
+        if kind in _ZOO_HEAD:  # a lower bound: the classifier's weights
+            return _ZOO_HEAD[kind] * int(config.get("num_classes", 10)) + 4608 * int(config.get("blocks", 1))
+        if kind == "BasicBlock":
+            return 9 * int(config["cout"]) * (int(config["cin"]) + int(config["cout"]))
     except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None
     return 0
+
+
+_ZOO_HEAD = {"LeNet5": 84, "CifarNet": 2048, "ResNet20": 64, "MobileNetCifar": 512}
 
 
 def _build(spec, path, where="architecture", budget=None):
@@ -199,22 +212,27 @@ def _build(spec, path, where="architecture", budget=None):
     if not isinstance(spec, dict) or "type" not in spec:
         raise _bad(path, f"{where} must be an object with a 'type'")
     kind = spec["type"]
-    if kind == "Sequential":
+    if isinstance(kind, str) and kind in _CONTAINERS:
         children = spec.get("children")
         if not isinstance(children, list):
-            raise _bad(path, f"{where}: Sequential needs a 'children' list")
+            raise _bad(path, f"{where}: {kind} needs a 'children' list")
         items = OrderedDict()
         for i, entry in enumerate(children):
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
                 raise _bad(path, f"{where}.children[{i}] must be [name, spec]")
             items[entry[0]] = _build(entry[1], path, f"{where}.{entry[0]}", budget)
         try:
-            return nn.Sequential(items)
+            if kind == "ModuleList":
+                if list(items) != [str(i) for i in range(len(items))]:
+                    raise ValueError(f"ModuleList children must be named 0, 1, ..., got {list(items)}")
+                return nn.ModuleList(items.values())
+            return _CONTAINERS[kind](items)
         except (TypeError, ValueError) as exc:
             raise _bad(path, f"{where}: {exc}") from None
     cls = _LAYERS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise _bad(path, f"{where}: unknown module type {kind!r} (known: Sequential, {', '.join(_LAYERS)})")
+        raise _bad(path, f"{where}: unknown module type {kind!r} "
+                         f"(known: {', '.join(list(_CONTAINERS) + list(_LAYERS))})")
     config = spec.get("config", {})
     if not isinstance(config, dict):
         raise _bad(path, f"{where}: 'config' must be an object")
@@ -224,7 +242,9 @@ def _build(spec, path, where="architecture", budget=None):
         # reported below, by name and shape
         raise _bad(path, f"{where}: {kind} with {spec.get('config')} needs {need} parameter values, "
                          f"but the file holds only {budget}")
-    if cls in _WITH_DTYPE:
+    if "rng" in config or "dtype" in config:
+        raise _bad(path, f"{where}: 'config' may not set rng or dtype")
+    if "rng" in inspect.signature(cls).parameters:
         config["rng"] = np.random.default_rng(0)  # weights are overwritten right after
     try:
         return cls(**config)
@@ -369,18 +389,20 @@ def _load_open(path, fh, return_metadata, max_bytes):
     except RecursionError:
         raise _bad(path, "its architecture is nested too deeply") from None
     model.to(np.dtype(dtype))
-    expected = OrderedDict((name, p) for name, p in model.named_parameters())
+    expected = model.state_dict()  # parameters and buffers
     missing = [k for k in expected if k not in members]
     unexpected = [k for k in members if k not in expected]
     if missing or unexpected:
         raise _bad(path, f"parameters do not match the architecture: missing {missing}, "
                          f"unexpected {unexpected}")
-    for name, p in expected.items():
+    for name, want in expected.items():
         _, a_dtype, a_shape = members[name][:3]
-        if a_dtype.kind != "f":
+        if want.dtype.kind == "f" and a_dtype.kind != "f":
             raise _bad(path, f"parameter {name!r} has dtype {a_dtype}, expected {dtype}")
-        if a_shape != p.data.shape:
-            raise _bad(path, f"parameter {name!r} has shape {a_shape}, expected {p.data.shape}")
+        if want.dtype.kind in "iu" and a_dtype.kind not in "iu":
+            raise _bad(path, f"buffer {name!r} has dtype {a_dtype}, expected {want.dtype}")
+        if a_shape != want.shape:
+            raise _bad(path, f"parameter {name!r} has shape {a_shape}, expected {want.shape}")
     # only now, with every size known to match the architecture, is any weight decompressed
     with _reading(path), zipfile.ZipFile(fh) as zf:
         arrays = {name: _read_member(zf, members[name]) for name in expected}

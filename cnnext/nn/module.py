@@ -637,3 +637,6 @@ class Identity(Module):
     def backward(self, grad_output, input_grad=True):
         """Return ``grad_output`` (None when ``input_grad`` is False)."""
         return grad_output if input_grad else None
+
+    def _config(self):
+        return {}
