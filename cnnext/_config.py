@@ -3,6 +3,9 @@
 The thread count starts from ``OMP_NUM_THREADS`` when it is set (as OpenMP itself would), otherwise
 from OpenMP's default (the number of cores), and is 1 when the extensions were built without OpenMP.
 It is passed explicitly to every kernel call, so changing it never needs OpenMP's global state.
+Every source of a thread count (``OMP_NUM_THREADS``, OpenMP's default, ``set_num_threads``, and so
+the CLI's ``--threads``) is clamped to ``_MAX_THREADS``: an OpenMP team of 200,000 threads crashes
+the process instead of failing.
 """
 import os
 import threading
@@ -21,13 +24,32 @@ _MAX_THREADS = 1024  # an OpenMP team larger than this is a mistake, not a machi
 _lock = threading.Lock()
 
 
+def _clamp_threads(n):
+    """``n`` (an int) within [1, _MAX_THREADS]."""
+    return max(1, min(n, _MAX_THREADS))
+
+
+def _env_threads():
+    """OMP_NUM_THREADS's first value as a thread count (clamped), or None when it is unset or not
+    a positive decimal number (then OpenMP ignores it too)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if not (env.isascii() and env.isdigit()):
+        return None
+    digits = env.lstrip("0")
+    if not digits:
+        return None
+    if len(digits) > len(str(_MAX_THREADS)):  # also keeps int() off huge strings
+        return _MAX_THREADS
+    return _clamp_threads(int(digits))
+
+
 def _default_threads():
     if not openmp_enabled():
         return 1
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, openmp_max_threads())
+    env = _env_threads()
+    if env is not None:
+        return env
+    return _clamp_threads(openmp_max_threads())
 
 
 _state = {
@@ -57,7 +79,7 @@ def _note_openmp_runtime(before, after, user_wait_policy):
     shared = bool(before) and not (after - before)
     spinning = (user_wait_policy or "").strip().upper() != "PASSIVE"
     _state["shared_runtime"] = sorted(before) if shared else None
-    if shared and spinning and openmp_enabled() and not os.environ.get("OMP_NUM_THREADS"):
+    if shared and spinning and openmp_enabled() and _env_threads() is None:
         _state["num_threads"] = 1
         _state["serial_by_default"] = True
 
@@ -77,16 +99,15 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int
-        Thread count, 1 to 1024. Without OpenMP the kernels are serial and any value behaves as 1, and
+        Thread count, >= 1; values above 1024 count as 1024 (as ``OMP_NUM_THREADS`` does; so does
+        the CLI's ``--threads``). Without OpenMP the kernels are serial and any value behaves as 1, and
         so does a process forked (``multiprocessing``'s default on Linux) after its parent ran
         multi-threaded kernels, because the OpenMP runtime cannot start threads there. Use the
         ``spawn`` or ``forkserver`` start method for multi-threaded kernels in worker processes.
         Calls on small inputs (a convolution whose column matrix has fewer than 2**17 elements, such
         as one LeNet sample) run on one thread, where waking the others would cost more than it saves.
     """
-    n = _positive_int(n, "n", "set_num_threads")
-    if n > _MAX_THREADS:
-        raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
+    n = _clamp_threads(_positive_int(n, "n", "set_num_threads"))
     with _lock:
         _state["num_threads"] = n
 
