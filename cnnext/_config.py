@@ -166,11 +166,32 @@ def get_workspace_limit():
     return _state["workspace_bytes"]
 
 
+class _Forced:
+    """One active ``force_conv_algorithm`` block: its algorithm and the thread's stack holding it."""
+
+    __slots__ = ("owner", "name", "stack")
+
+    def __init__(self, owner, name, stack):
+        self.owner, self.name, self.stack = owner, name, stack
+
+
+_local = threading.local()  # .forced: this thread's active blocks, innermost last
+_forced = []  # every thread's active blocks, in the order they were entered (under _lock)
+
+
 class force_conv_algorithm:
     """Context manager that makes conv2d use one algorithm inside its ``with`` block.
 
-    The choice is process-wide while the block runs. Use it to compare algorithms, or with
-    'gemm' to keep float32 convolutions off Winograd's larger rounding error.
+    Use it to compare algorithms, or with 'gemm' to keep float32 convolutions off Winograd's larger
+    rounding error. Blocks may be nested and used from several threads at once:
+
+    - the thread that entered a block uses that block's algorithm (its innermost block's);
+    - other threads, having no block of their own (worker threads started inside the block, say),
+      use the algorithm of the most recently entered block still active in any thread;
+    - when a block ends, exactly its own effect ends, whatever the order in which blocks of other
+      threads end; with none active, conv2d chooses per shape again ('auto').
+
+    The same object may be entered again, nested or from other threads.
 
     Parameters
     ----------
@@ -187,17 +208,39 @@ class force_conv_algorithm:
         self.name = name
 
     def __enter__(self):
+        stack = getattr(_local, "forced", None)
+        if stack is None:
+            stack = _local.forced = []
+        entry = _Forced(self, self.name, stack)
         with _lock:
-            self._old = _state["conv_algorithm"]
+            stack.append(entry)
+            _forced.append(entry)
             _state["conv_algorithm"] = self.name
         return self
 
     def __exit__(self, *exc):
+        mine = getattr(_local, "forced", None)
         with _lock:
-            _state["conv_algorithm"] = self._old
+            # this block: the innermost entry of this object in this thread, else (a block left
+            # from another thread than the one that entered it) the latest of this object anywhere
+            ours = [e for e in _forced if e.owner is self]
+            here = [e for e in ours if e.stack is mine]
+            if not ours:
+                raise RuntimeError("force_conv_algorithm: __exit__ without a matching __enter__")
+            entry = (here or ours)[-1]
+            entry.stack.remove(entry)
+            _forced.remove(entry)
+            _state["conv_algorithm"] = _forced[-1].name if _forced else "auto"
         return False
 
 
 def get_conv_algorithm():
-    """Return the forced conv2d algorithm, or 'auto'."""
+    """Return the conv2d algorithm forced for the calling thread (see force_conv_algorithm), or
+    'auto'."""
+    stack = getattr(_local, "forced", None)
+    if stack:
+        try:
+            return stack[-1].name
+        except IndexError:  # emptied meanwhile by a block left from another thread
+            pass
     return _state["conv_algorithm"]

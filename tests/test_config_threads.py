@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -126,3 +127,209 @@ def test_cli_thread_count_is_clamped(args, env_value, tmp_path):
     """The CLI's --threads goes through set_num_threads, its default through the environment."""
     out = _run(["-m", "cnnext", "demo", "--batch", "2", "--repeat", "1", *args], env_value, tmp_path)
     assert f"{CAP} thread(s)" in out
+
+
+# ------------------------------------------------------------------ force_conv_algorithm and threads
+
+def _in_thread(fn, *args):
+    """Run fn(*args) in a new thread; return its result (re-raising its exception)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.mark.parametrize("a_leaves_first", [True, False], ids=["A_in_A_out", "B_out_first"])
+def test_overlapping_blocks_in_two_threads_restore_auto(a_leaves_first):
+    """A enters 'gemm', B enters 'direct'; they leave in either order. Each sees its own block's
+    algorithm throughout, and afterwards every thread sees 'auto' again. (Before: A entered, B
+    saved 'gemm', A restored 'auto', B restored 'gemm': the process stayed on gemm.)"""
+    step = [threading.Barrier(2) for _ in range(4)]
+    seen = {"A": [], "B": []}
+
+    def a():
+        with force_conv_algorithm("gemm"):
+            seen["A"].append(get_conv_algorithm())
+            step[0].wait()  # A in
+            step[1].wait()  # B in
+            seen["A"].append(get_conv_algorithm())
+            if not a_leaves_first:
+                step[2].wait()  # B out
+        if a_leaves_first:
+            step[2].wait()  # A out
+        step[3].wait()
+        seen["A"].append(get_conv_algorithm())
+
+    def b():
+        step[0].wait()
+        with force_conv_algorithm("direct"):
+            step[1].wait()
+            seen["B"].append(get_conv_algorithm())
+            if a_leaves_first:
+                step[2].wait()
+                seen["B"].append(get_conv_algorithm())
+        if not a_leaves_first:
+            step[2].wait()
+        step[3].wait()
+        seen["B"].append(get_conv_algorithm())
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+    assert seen["A"] == ["gemm", "gemm", "auto"]
+    assert seen["B"] == (["direct", "direct", "auto"] if a_leaves_first else ["direct", "auto"])
+    assert get_conv_algorithm() == "auto"
+    assert _in_thread(get_conv_algorithm) == "auto"
+
+
+def test_nested_blocks_and_a_reentered_object_restore_exactly():
+    """(Before: entering the same object twice overwrote its saved value, so leaving both blocks
+    put back the object's own algorithm.)"""
+    gemm = force_conv_algorithm("gemm")
+    with force_conv_algorithm("direct"):
+        with gemm:
+            assert get_conv_algorithm() == "gemm"
+            with force_conv_algorithm("winograd"):
+                with gemm:
+                    assert get_conv_algorithm() == "gemm"
+                assert get_conv_algorithm() == "winograd"
+            assert get_conv_algorithm() == "gemm"
+        assert get_conv_algorithm() == "direct"
+    assert get_conv_algorithm() == "auto"
+
+
+def test_blocks_in_two_threads_each_see_their_own():
+    """While A holds 'gemm' and B 'winograd', each thread's conv2d uses its own (checked by which
+    kernels run in which thread), and a third thread without a block sees the latest one."""
+    from cnnext.functional import _conv_dispatch
+
+    ran = []
+    real = _conv_dispatch._winograd.input_transform
+    both_in, checked = threading.Barrier(3), threading.Barrier(3)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 16, 12, 12))
+    w = rng.standard_normal((16, 16, 3, 3))
+    want = oracle.conv2d(x, w, padding=1)
+    got = {}
+
+    def user(name, algorithm):
+        with force_conv_algorithm(algorithm):
+            both_in.wait()
+            got[name] = get_conv_algorithm(), F.conv2d(x, w, padding=1)
+            checked.wait()
+
+    def spy(*a):
+        ran.append(threading.current_thread().name)
+        return real(*a)
+    _conv_dispatch._winograd.input_transform = spy
+    try:
+        threads = [threading.Thread(target=user, args=(n, a), name=n) for n, a in
+                   (("A", "gemm"), ("B", "winograd"))]
+        threads[0].start()
+        threads[1].start()
+        both_in.wait()
+        other = _in_thread(get_conv_algorithm)
+        checked.wait()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        _conv_dispatch._winograd.input_transform = real
+    assert got["A"][0] == "gemm" and got["B"][0] == "winograd"
+    assert "A" not in ran  # A's convolution ran no Winograd transform
+    assert ran  # B's did (in B, or in its chunk workers)
+    assert other in ("gemm", "winograd")
+    for _, y in got.values():
+        assert_close(y, want)
+    assert get_conv_algorithm() == "auto"
+
+
+def test_threads_without_a_block_follow_the_latest_block():
+    """As before: worker threads started inside a block (a pool, say) use its algorithm."""
+    with force_conv_algorithm("winograd"):
+        assert _in_thread(get_conv_algorithm) == "winograd"
+        with force_conv_algorithm("direct"):
+            assert _in_thread(get_conv_algorithm) == "direct"
+        assert _in_thread(get_conv_algorithm) == "winograd"
+    assert _in_thread(get_conv_algorithm) == "auto"
+
+
+def test_block_left_on_an_exception_restores():
+    with pytest.raises(ZeroDivisionError):
+        with force_conv_algorithm("gemm"):
+            1 / 0
+    assert get_conv_algorithm() == "auto"
+
+
+def test_block_left_from_another_thread():
+    """Entered in one thread, left in another (an ExitStack handed over, say): it ends for both."""
+    cm = force_conv_algorithm("direct")
+    entered, left = threading.Event(), threading.Event()
+    seen = []
+
+    def holder():
+        cm.__enter__()
+        entered.set()
+        left.wait(timeout=60)
+        seen.append(get_conv_algorithm())
+    t = threading.Thread(target=holder)
+    t.start()
+    entered.wait(timeout=60)
+    assert get_conv_algorithm() == "direct"
+    cm.__exit__(None, None, None)
+    left.set()
+    t.join(timeout=60)
+    assert seen == ["auto"] and get_conv_algorithm() == "auto"
+
+
+def test_exit_without_enter_is_refused():
+    with pytest.raises(RuntimeError, match="force_conv_algorithm"):
+        force_conv_algorithm("gemm").__exit__(None, None, None)
+    assert get_conv_algorithm() == "auto"
+
+
+def test_many_threads_nesting_at_random_restore_auto():
+    """Eight threads enter and leave nested blocks in random orders at once; inside, each sees its
+    innermost block; afterwards everything is 'auto'."""
+    names = ("gemm", "direct", "winograd", "auto")
+    start = threading.Barrier(8)
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        start.wait()
+        for _ in range(100):
+            depth = int(rng.integers(1, 4))
+            chosen = [names[int(i)] for i in rng.integers(0, 4, depth)]
+
+            def nest(level):
+                if level == depth:
+                    return
+                with force_conv_algorithm(chosen[level]):
+                    time.sleep(0)  # let the other threads run in between
+                    if get_conv_algorithm() != chosen[level]:
+                        errors.append((seed, chosen, level, get_conv_algorithm()))
+                    nest(level + 1)
+                    time.sleep(0)
+                    if get_conv_algorithm() != chosen[level]:
+                        errors.append((seed, chosen, level, get_conv_algorithm()))
+            nest(0)
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive()
+    assert errors == []
+    assert get_conv_algorithm() == "auto" and _config._state["conv_algorithm"] == "auto"
