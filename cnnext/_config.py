@@ -11,6 +11,7 @@ import os
 import threading
 
 from cnnext._kernels._openmp_helpers import openmp_enabled, openmp_max_threads
+from cnnext._validation import check_int
 
 _DEFAULT_WORKSPACE_BYTES = 64 * 2**20
 # Below this much work (elements a kernel call writes or reads, e.g. a convolution's column matrix)
@@ -84,15 +85,6 @@ def _note_openmp_runtime(before, after, user_wait_policy):
         _state["serial_by_default"] = True
 
 
-def _positive_int(value, name, func):
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{func}: {name} must be a positive int, got {type(value).__name__} {value!r}")
-    value = value.__index__()
-    if value < 1:
-        raise ValueError(f"{func}: {name} must be >= 1, got {value}")
-    return value
-
-
 def set_num_threads(n):
     """Set the number of threads the cnnext kernels use.
 
@@ -107,7 +99,7 @@ def set_num_threads(n):
         Calls on small inputs (a convolution whose column matrix has fewer than 2**17 elements, such
         as one LeNet sample) run on one thread, where waking the others would cost more than it saves.
     """
-    n = _clamp_threads(_positive_int(n, "n", "set_num_threads"))
+    n = _clamp_threads(check_int(n, "n", "set_num_threads", minimum=1))
     with _lock:
         _state["num_threads"] = n
 
@@ -156,7 +148,7 @@ def set_workspace_limit(nbytes):
         Size in bytes, >= 1. A convolution processes its batch in chunks whose column matrix fits
         in this budget; one sample's columns are always allowed, even if larger.
     """
-    nbytes = _positive_int(nbytes, "nbytes", "set_workspace_limit")
+    nbytes = check_int(nbytes, "nbytes", "set_workspace_limit", minimum=1)
     with _lock:
         _state["workspace_bytes"] = nbytes
 
