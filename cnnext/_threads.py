@@ -127,6 +127,22 @@ class single_threaded_blas:
         return False
 
 
+def set_blas_threads(n):
+    """Set the thread count of the BLAS libraries threadpoolctl controls (the CLI's ``--threads``).
+
+    Inside ``single_threaded_blas`` blocks (another thread's chunked call) BLAS stays at one thread
+    and gets ``n`` when the last block ends. Returns False when no BLAS can be controlled.
+    """
+    global _saved
+    libs = _blas_controllers()
+    with _blas_lock:
+        if _users and _saved is not None:
+            _saved = [(lib, n) for lib, _ in _saved]
+        else:
+            _set_blas_threads([(lib, n) for lib in libs])
+    return bool(libs)
+
+
 def map_chunks(job, count, num_threads, make_workspace, workspace_bytes, uses_blas=True):
     """Yield ``job(workspace, i, threads)`` for i in range(count), in order.
 

@@ -360,3 +360,23 @@ def test_controller_built_once_under_concurrent_first_use(monkeypatch):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(first_use, range(8)))
     assert len(built) == 1 and all(c is got[0] for c in got)
+
+
+@needs_control
+@pytest.mark.usefixtures("blas_limit_restored")
+def test_set_blas_threads_now_or_after_the_last_block():
+    assert _threads.set_blas_threads(3)
+    assert blas_threads() == 3
+    with _threads.single_threaded_blas():
+        assert _threads.set_blas_threads(2)
+        assert blas_threads() == 1  # a chunked call is running: it keeps BLAS at one thread
+    assert blas_threads() == 2
+    # from another thread than the one that set it last (threadpoolctl >= 3.8 would ignore that)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(_threads.set_blas_threads, 1).result()
+    assert blas_threads() == 1
+
+
+def test_set_blas_threads_without_control(monkeypatch):
+    monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
+    assert _threads.set_blas_threads(2) is False
