@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from cnnext import _parallel
+from cnnext import _threads
 from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._kernels import _direct, _im2col, _winograd
 
@@ -282,7 +282,7 @@ def _direct_grad_input_full(gy, weight, gx, g, nt):
 # 0.45 / 0.40; slower (1.0-2.2) on 4x4 and 6x6 outputs and below 32 channels on 8x8.
 _WINOGRAD_AUTO = ((16, 8), (8, 32))
 # Target size of one chunk's transformed input V plus GEMM output M. Each of the threads that share
-# the chunks (cnnext/_parallel.py) holds one. Measured on the 2-core dev machine at 2 threads,
+# the chunks (cnnext/_threads.py) holds one. Measured on the 2-core dev machine at 2 threads,
 # fwd+bwd / PyTorch's in the same run: cifar 1-2 MiB 0.63-0.70, 4 MiB 0.81-0.89, 7 MiB 0.76-0.92;
 # deep 0.78-0.95 at every size (OpenBLAS runs the grad_weight GEMMs, whose inner dimension is the
 # chunk's tile count, erratically slower at some sizes, e.g. cifar's 256 tiles).
@@ -371,10 +371,10 @@ def _winograd_conv(x, weight, rotate, bias, has_bias, y, pt, pl, nt):
         if native:
             _winograd.tile_gemm(u, vbuf, mbuf, K, T, ld, threads)
         else:
-            _parallel.matmul(u, _as_gemm(vbuf, C, ld, T), _as_gemm(mbuf, K, ld, T), threads)
+            _threads.matmul(u, _as_gemm(vbuf, C, ld, T), _as_gemm(mbuf, K, ld, T), threads)
         _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, threads)
 
-    for _ in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
+    for _ in _threads.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
                                   36 * (C + K) * ld * dtype.itemsize, uses_blas=not native):
         pass
 
@@ -399,11 +399,11 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
         if native:
             _winograd.tile_gemm_grad(mbuf, vbuf, du, T, ld, threads)
             return du
-        return _parallel.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
+        return _threads.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
                                 du, threads)
 
     du = None
-    for part in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
+    for part in _threads.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
                                      36 * (C + K) * ld * dtype.itemsize, uses_blas=not native):
         if du is None:
             du = part
