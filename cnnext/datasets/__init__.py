@@ -6,8 +6,11 @@
   optional checksum-verified download; ``read_idx`` reads any single IDX file.
 - ``load_cifar10(path, kind)``: CIFAR-10 from its official binary version (the archive or the
   extracted ``.bin`` batches), with an optional MD5-verified download.
-- ``iterate_minibatches`` and ``DataLoader``: seeded shuffling, last partial batch kept.
+- ``iterate_minibatches`` and ``DataLoader``: seeded shuffling, last partial batch kept;
+  ``DataLoader(transform=...)`` applies ``cnnext.datasets.transforms`` (random crops, flips,
+  normalisation) to each batch.
 """
+from cnnext.datasets import transforms
 from cnnext.datasets._batching import DataLoader, iterate_minibatches
 from cnnext.datasets._cifar import CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, load_cifar10
 from cnnext.datasets._digits import Dataset, Split, load_digits
@@ -27,4 +30,5 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_MD5",
     "CIFAR10_URL",
+    "transforms",
 ]
