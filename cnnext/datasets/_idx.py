@@ -6,6 +6,7 @@ in big-endian C order.
 """
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import struct
@@ -150,22 +151,19 @@ def _size_error(path, dims, nbytes, have):
                       f"found {have}")
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _download(url, dest, digest, timeout, func="load_mnist", algorithm="sha256"):
+    """Fetch ``url`` into ``dest`` through a temporary file, checking its ``algorithm`` digest.
 
-
-def _download(url, dest, sha256, timeout):
+    Nothing is left at ``dest`` unless the whole download arrived and matched ``digest`` (when
+    ``digest`` is not None).
+    """
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
-        raise ValueError(f"load_mnist: url must be http:// or https://, got {url!r}")
+        raise ValueError(f"{func}: url must be http:// or https://, got {url!r}")
     directory = os.path.dirname(os.path.abspath(dest))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=directory)
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm)
     try:
         with os.fdopen(fd, "wb") as f:
             try:
@@ -173,12 +171,13 @@ def _download(url, dest, sha256, timeout):
                     for block in iter(lambda: resp.read(1 << 20), b""):
                         h.update(block)
                         f.write(block)
-            except (urllib.error.URLError, OSError) as exc:
-                raise OSError(f"load_mnist: cannot download {url}: {exc}") from exc
-        digest = h.hexdigest()
-        if sha256 is not None and digest != sha256.lower():
-            raise ValueError(f"load_mnist: checksum mismatch for {url}: SHA-256 {digest}, expected "
-                             f"{sha256.lower()}; the download was discarded")
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise OSError(f"{func}: cannot download {url}: {type(exc).__name__}: {exc}") from exc
+        got = h.hexdigest()
+        if digest is not None and got != digest.lower():
+            label = {"sha256": "SHA-256", "md5": "MD5"}.get(algorithm, algorithm)
+            raise ValueError(f"{func}: checksum mismatch for {url}: {label} {got}, expected "
+                             f"{digest.lower()}; the download was discarded")
         os.replace(tmp, dest)
     except BaseException:
         try:
