@@ -542,3 +542,27 @@ def test_exported_and_compiled():
     from cnnext.functional import normalization
     assert normalization._norm is _norm
     assert _norm.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-torch", "--warm"]])
+def test_bench_norm_quick_runs(extra):
+    """benchmarks/bench_norm.py runs and prints its table (never asserts a timing)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_norm.py"
+    if not script.is_file():
+        pytest.skip(f"{script} not found (the benchmarks are not part of this tree)")
+    if not extra:
+        torch_or_skip()
+    env = dict(os.environ)
+    where = str(Path(cnnext.__file__).resolve().parent.parent)  # the cnnext these tests import
+    env["PYTHONPATH"] = os.pathsep.join([where] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--threads", "1", *extra],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| shape | dtype | thr | pass | cnnext ms | torch ms | ratio |" in proc.stdout
+    assert "| 8x4x6x6 | float32 | 1 | fwd+bwd |" in proc.stdout
+    assert "MISMATCH" not in proc.stdout
