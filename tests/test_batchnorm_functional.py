@@ -18,7 +18,8 @@ from cnnext.functional.normalization import _batch_norm_backward, _batch_norm_fo
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
-SHAPES = [(7, 5), (4, 3, 9), (3, 4, 5, 7), (2, 3, 2, 3, 4), (2, 1, 1, 1), (1, 2, 3, 1)]
+# (N, C, S) views: S == 1 (channel blocks, one of them partial), short runs, runs of S >= 32
+SHAPES = [(7, 5), (6, 130), (4, 3, 9), (3, 4, 5, 7), (2, 3, 2, 3, 4), (2, 1, 1, 1), (1, 2, 3, 1)]
 # torch's float32 batch norm sums in float32: compare with a slightly wider tolerance there
 TORCH_TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
 
@@ -255,19 +256,73 @@ def test_training_without_running_stats_and_without_count():
     assert int(nbt) == 0
 
 
-def test_precision_large_offset_and_float32_range():
-    # float64 data far from zero: the corrected two-pass variance keeps its digits
-    rng = rng_for("offset")
-    x = rng.standard_normal((16, 2, 9)) * 1e-3 + 1e6
+@pytest.mark.parametrize("shape", [(16, 2, 9), (16, 2, 40), (40, 3)])
+def test_precision_large_offset(shape):
+    # float64 data far from zero: the two-pass variance keeps its digits (channel-wide corrected
+    # two-pass for short runs and S == 1, run by run merged for S >= 32)
+    rng = rng_for("offset", shape)
+    x = rng.standard_normal(shape) * 1e-3 + 1e6
     _, mean, invstd = _batch_norm_forward(x, None, None, training=True, eps=0.0)
     m, v = naive_stats(x)
     np.testing.assert_allclose(mean, m, rtol=1e-14)
     np.testing.assert_allclose(invstd, 1 / np.sqrt(v), rtol=1e-8)
+
+
+def test_float32_range():
+    rng = rng_for("range")
     # float32 data whose sums overflow float32: sums in double stay finite
     x32 = (rng.uniform(1, 2, (64, 2, 4)) * 3e37).astype(np.float32)
     y = F.batch_norm(x32, None, None, training=True)
     assert np.isfinite(y).all()
     assert_close(y, naive_batch_norm(x32, np.ones(2), np.zeros(2), True, 1e-5))
+
+
+def test_channels_larger_than_a_group():
+    # a channel of more than 2 MiB: one channel per group, run statistics merged over 2 runs
+    rng = rng_for("big")
+    x = (rng.standard_normal((2, 3, 300_000)) * 3 + 5).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    y, mean, invstd = _batch_norm_forward(x, None, None, training=True)
+    x64 = x.astype(np.float64)
+    m, v = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+    np.testing.assert_allclose(mean, m, rtol=1e-12)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(v + 1e-5), rtol=1e-10)
+    xhat = (x64 - m[:, None]) / np.sqrt(v[:, None] + 1e-5)
+    assert_close(y, xhat)
+    gx, gw, gb = F.batch_norm_backward(gy, x, None, mean, invstd)
+    g64 = gy.astype(np.float64)
+    M = x.size // 3
+    assert_close(gb, g64.sum(axis=(0, 2)))
+    assert_close(gw, (g64 * xhat).sum(axis=(0, 2)))
+    expect = (g64 - g64.mean(axis=(0, 2))[:, None]
+              - xhat * (g64 * xhat).sum(axis=(0, 2))[:, None] / M) / np.sqrt(v[:, None] + 1e-5)
+    assert_close(gx, expect)
+
+
+@pytest.mark.parametrize("shape", [(9, 70), (4, 3, 9), (3, 4, 40)])
+def test_avx2_and_baseline_builds_agree_bitwise(shape):
+    from cnnext._kernels import _norm
+    x, w, b, gy = make(shape, np.float32, "simd")
+    results = []
+    old = _norm._use_avx2(False)
+    try:
+        for flag in (False, True):
+            _norm._use_avx2(flag)
+            if not flag:
+                assert _norm.simd_build() == "baseline"
+            for dtype in (np.float32, np.float64):
+                for training in (True, False):
+                    rm, rv = np.zeros(shape[1]), np.ones(shape[1])
+                    y, m, s = _batch_norm_forward(x.astype(dtype), rm, rv, w, b, training)
+                    results.append((flag, (y, m, s, rm, rv) + F.batch_norm_backward(
+                        gy.astype(dtype), x.astype(dtype), w, m, s, training)))
+    finally:
+        _norm._use_avx2(old)
+    half = len(results) // 2
+    for (_, base), (_, avx) in zip(results[:half], results[half:]):
+        for u, v in zip(base, avx):
+            np.testing.assert_array_equal(u, v)
+    assert _norm.simd_build() in ("avx2", "baseline")
 
 
 def test_nan_stays_in_its_channel():
@@ -371,7 +426,7 @@ def test_weight_none_is_weight_of_ones():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 5), (3, 7, 33), (4, 5, 6, 7)])
+@pytest.mark.parametrize("shape", [(9, 5), (7, 150), (3, 7, 33), (4, 5, 6, 7), (5, 7, 3)])
 @pytest.mark.parametrize("training", [True, False])
 def test_thread_counts_bitwise_identical(shape, dtype, training, restore_config):
     x, w, b, gy = make(shape, dtype, "threads")
@@ -487,3 +542,27 @@ def test_exported_and_compiled():
     from cnnext.functional import normalization
     assert normalization._norm is _norm
     assert _norm.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-torch", "--warm"]])
+def test_bench_norm_quick_runs(extra):
+    """benchmarks/bench_norm.py runs and prints its table (never asserts a timing)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_norm.py"
+    if not script.is_file():
+        pytest.skip(f"{script} not found (the benchmarks are not part of this tree)")
+    if not extra:
+        torch_or_skip()
+    env = dict(os.environ)
+    where = str(Path(cnnext.__file__).resolve().parent.parent)  # the cnnext these tests import
+    env["PYTHONPATH"] = os.pathsep.join([where] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--threads", "1", *extra],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| shape | dtype | thr | pass | cnnext ms | torch ms | ratio |" in proc.stdout
+    assert "| 8x4x6x6 | float32 | 1 | fwd+bwd |" in proc.stdout
+    assert "MISMATCH" not in proc.stdout

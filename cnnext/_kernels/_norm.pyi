@@ -10,6 +10,13 @@ from numpy.typing import NDArray
 
 _F = TypeVar("_F", np.float32, np.float64)
 
+def simd_build() -> str:
+    """Return 'avx2' or 'baseline': which build of the loops in _norm.h runs."""
+
+def _use_avx2(flag: bool) -> bool:
+    """Testing aid: run the AVX2 build (if the CPU has it) or the baseline one; returns the old
+    setting. Both give bitwise identical results."""
+
 def batch_norm_train_forward(
     x: NDArray[_F],
     weight: NDArray[np.float64],
