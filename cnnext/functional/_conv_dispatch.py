@@ -13,6 +13,7 @@ cap; 1x1 stride-1 convolutions skip the im2col), 'direct' (the Cython direct ker
 problems such as depthwise), 'small' (the C kernels for one small sample), 'winograd' (F(4x4, 3x3)
 for 3x3 stride-1 convolutions). ``_algorithm`` chooses; ``cnnext.force_conv_algorithm`` overrides.
 """
+import contextlib
 import functools
 
 import numpy as np
@@ -53,14 +54,24 @@ def _algorithm(g, dtype):
     one sample and 1.3-2.0 on batches, where OpenBLAS's float32 GEMM is twice as fast; 1.0 and
     slower on LeNet's second layer (16 filters over 150 taps).
     """
+    return _choice(g, dtype)[0]
+
+
+def _choice(g, dtype):
+    """(_algorithm's choice, True when it is the automatic one rather than forced)."""
     forced = get_conv_algorithm()
     if forced == "auto":
-        return _auto_algorithm(g, dtype == np.float64)
+        return _auto_algorithm(g, dtype == np.float64), True
     if forced == "winograd":
-        return "winograd" if _winograd_eligible(g) else "gemm"
+        return ("winograd" if _winograd_eligible(g) else "gemm"), False
     if forced == "direct" and _small_direct(g):
-        return "small"  # direct, by the small-convolution kernels
-    return forced
+        return "small", False  # direct, by the small-convolution kernels
+    return forced, False
+
+
+def _all_finite(a):
+    """True when no element of ``a`` is NaN or infinite (two reductions, no temporary array)."""
+    return a.size == 0 or bool(np.isfinite(a.max()) and np.isfinite(a.min()))
 
 
 @functools.lru_cache(maxsize=256)
@@ -112,7 +123,7 @@ def forward_checked(x, weight, bias, g):
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=dtype)
-    algorithm = _algorithm(g, dtype)
+    algorithm, automatic = _choice(g, dtype)
     if algorithm == "small":
         _direct.small_conv(x, g.pt, g.pl, weight, False, y, b, has_bias)
         return y
@@ -121,8 +132,14 @@ def forward_checked(x, weight, bias, g):
         _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
         return y
     if algorithm == "winograd":
-        _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
-        return y
+        if not automatic:
+            _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
+            return y
+        with np.errstate(over="ignore", invalid="ignore"):
+            _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
+        if _all_finite(y):
+            return y
+        # Winograd overflowed (see the note by _WINOGRAD_AUTO): again by im2col + GEMM below
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
@@ -153,7 +170,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
     grad_weight, compute grad_bias too (into ``out_bias`` when given); otherwise it is None."""
     dtype = x.dtype
     K = g.K
-    algorithm = _algorithm(g, dtype)
+    algorithm, automatic = _choice(g, dtype)
     # Winograd and direct at stride 1 write every element of grad_input; the others accumulate
     gx = None
     if need_input:
@@ -181,16 +198,34 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
             xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
             _direct.direct_grad_weight(gy, xp, gw, gb, True, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
         return gx, gw, gb
+    if algorithm == "winograd":
+        with np.errstate(over="ignore", invalid="ignore") if automatic else contextlib.nullcontext():
+            if need_input:
+                # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
+                _winograd_conv(gy, weight, True, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
+            if need_weight:
+                gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
+        if automatic:
+            # a gradient that is not all finite is computed again by GEMM (see by _WINOGRAD_AUTO)
+            redo_input = need_input and not _all_finite(gx)
+            redo_weight = need_weight and not _all_finite(gw)
+            if redo_input or redo_weight:
+                if redo_input:
+                    gx[...] = 0  # col2im accumulates
+                _, gw2, _ = _gemm_backward(x, weight, gy, g, redo_input, redo_weight, gx, nt)
+                gw = gw2 if redo_weight else gw
+        return gx, gw, None
+    return _gemm_backward(x, weight, gy, g, need_input, need_weight, gx, nt)
+
+
+def _gemm_backward(x, weight, gy, g, need_input, need_weight, gx, nt):
+    """_backward_kernels by im2col + GEMM: grad_input accumulated into ``gx`` (zeroed, or None
+    when not needed), grad_weight a new array; returns (gx, grad_weight or None, None)."""
+    dtype = x.dtype
+    K = g.K
     G, P = g.groups, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
-    if algorithm == "winograd":
-        if need_input:
-            # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
-            _winograd_conv(gy, weight, True, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
-        if need_weight:
-            gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
-        return gx, gw, None
     w = weight.reshape(G, Kg, R)
     wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
     chunk = _chunk_size(g, dtype.itemsize)
@@ -281,6 +316,14 @@ def _direct_grad_input_full(gy, weight, gx, g, nt):
 # 0.90 / 1.12, 16x16 0.64 / 0.74; 32 channels 8x8 0.69 / 0.97; 64 channels 8x8 0.81 / 0.92, 32x32
 # 0.45 / 0.40; slower (1.0-2.2) on 4x4 and 6x6 outputs and below 32 channels on 8x8.
 _WINOGRAD_AUTO = ((16, 8), (8, 32))
+# Winograd's transforms scale values up before the products are summed (the input transform by up
+# to 100, the output transform by up to 361), so near the top of the float range it overflows to
+# inf, and inf - inf to NaN, where im2col + GEMM (products summed directly) stays finite: float32
+# inputs of magnitude 1e37 gave NaN everywhere. The automatic choice therefore checks each result
+# (the output, grad_input, grad_weight) for a non-finite element, two reductions over it, and
+# computes one that has any again by im2col + GEMM, which also gives exactly GEMM's NaN and inf
+# where the input holds them (Winograd spreads one NaN over its whole 4x4 output tile). A forced
+# 'winograd' is left as it computes.
 # Target size of one chunk's transformed input V plus GEMM output M. Each of the threads that share
 # the chunks (cnnext/_parallel.py) holds one. Measured on the 2-core dev machine at 2 threads,
 # fwd+bwd / PyTorch's in the same run: cifar 1-2 MiB 0.63-0.70, 4 MiB 0.81-0.89, 7 MiB 0.76-0.92;
