@@ -26,6 +26,8 @@ try:
 except ImportError:  # the sanitizer run has no torch: the Python-int oracles still check
     torch = None
 
+pytestmark = pytest.mark.usefixtures("restore_config")
+
 LIMIT = 2**60  # cnnext's documented bound (cnnext._validation._INDEX_LIMIT)
 HUGE = [2**31 - 1, 2**31, 2**32 + 1, 2**59, 2**60, 2**60 + 1, 2**61, 2**62, sys.maxsize]
 STRIDES = [1, 2, 3] + HUGE
@@ -150,8 +152,10 @@ def conv_inputs(kernel, dtype):
     return x, w
 
 
-# float64's automatic choice is the direct algorithm for these thin problems
-ALGORITHMS = {np.dtype(np.float32): ["auto", "gemm"], np.dtype(np.float64): ["gemm"]}
+# float64's automatic choice is the direct algorithm for these thin problems (where its padded
+# copy fits the workspace cap and is no larger than im2col's columns, else GEMM)
+ALGORITHMS = {np.dtype(np.float32): ["auto", "gemm", "direct"],
+              np.dtype(np.float64): ["auto", "gemm", "direct"]}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -160,6 +164,7 @@ def test_conv2d_sweep_of_huge_stride_padding_dilation(kernel, dtype):
     """Every combination of huge and small stride, padding and dilation along each axis: the
     result equals the Python-int oracle (and PyTorch where it accepts), or a ValueError is raised
     because the geometry is invalid or exceeds 2**60; never a wrong number."""
+    cnnext.set_num_threads(1)  # thousands of tiny calls: no parallel region for each
     x, w = conv_inputs(kernel, dtype)
     tally = {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
     for axis, fixed in ((0, (2, 1, 1)), (1, (3, 0, 1))):
@@ -175,7 +180,7 @@ def test_conv2d_stride_maxsize_gives_one_output_pixel():
     (it was 0: ceil_div overflowed in the index helpers)."""
     x = np.ones((1, 16, 5, 5), np.float32)
     w = np.ones((16, 16, 2, 2), np.float32)
-    for algorithm in ("auto", "gemm"):
+    for algorithm in ("auto", "gemm", "direct", "winograd"):
         with force_conv_algorithm(algorithm):
             y = F.conv2d(x, w, stride=sys.maxsize)
             gx, gw, gb = F.conv2d_backward(np.ones((1, 16, 1, 1), np.float32), x, w,
@@ -208,15 +213,16 @@ def test_conv2d_same_padding_with_huge_dilation(dilation):
             F.conv2d(x, w, padding="same", dilation=dilation)
         return
     want = np.einsum("nchw,kc->nkhw", x, w[:, :, 1, 1])
-    with force_conv_algorithm("gemm"):
-        np.testing.assert_array_equal(F.conv2d(x, w, padding="same", dilation=dilation), want)
+    for algorithm in ("auto", "gemm", "direct"):
+        with force_conv_algorithm(algorithm):
+            np.testing.assert_array_equal(F.conv2d(x, w, padding="same", dilation=dilation), want)
 
 
 def test_kernel_1_takes_any_dilation():
     """A 1x1 kernel reads one tap whatever the dilation: sys.maxsize is as good as 1."""
     x, w = conv_inputs((1, 1), np.float64)
     want = np.einsum("nchw,kc->nkhw", x, w[:, :, 0, 0])
-    for algorithm in ("auto", "gemm"):
+    for algorithm in ("auto", "gemm", "direct"):
         with force_conv_algorithm(algorithm):
             np.testing.assert_array_equal(F.conv2d(x, w, dilation=sys.maxsize), want)
             np.testing.assert_array_equal(
@@ -318,6 +324,7 @@ def pool_grid():
 
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_max_pool2d_sweep_of_huge_kernel_stride_padding_dilation(ceil_mode):
+    cnnext.set_num_threads(1)  # thousands of tiny calls: no parallel region for each
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 2, 5, 4))
     gy = rng.standard_normal
@@ -354,6 +361,7 @@ def test_max_pool2d_sweep_of_huge_kernel_stride_padding_dilation(ceil_mode):
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_avg_pool2d_sweep_of_huge_kernel_stride_padding(ceil_mode, count_include_pad):
+    cnnext.set_num_threads(1)  # thousands of tiny calls: no parallel region for each
     rng = np.random.default_rng(8)
     x = rng.standard_normal((1, 2, 5, 4))
     tally = {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
