@@ -140,13 +140,19 @@ if hasattr(os, "register_at_fork"):
 
 
 def set_workspace_limit(nbytes):
-    """Cap the im2col workspace of one convolution call (default 64 MiB).
+    """Cap the scratch memory of one convolution call (default 64 MiB).
 
     Parameters
     ----------
     nbytes : int
-        Size in bytes, >= 1. A convolution processes its batch in chunks whose column matrix fits
-        in this budget; one sample's columns are always allowed, even if larger.
+        Size in bytes, >= 1. Every algorithm works in chunks whose scratch arrays fit in this
+        budget: im2col + GEMM's column matrix and GEMM output (whole samples, or bands of output
+        rows of one sample), Winograd's transforms, the direct kernels' zero-padded planes. The
+        smallest chunk is always allowed: one output row of one sample for im2col + GEMM, one
+        sample for Winograd and the direct kernels; the automatic choice takes Winograd or the
+        direct kernels only when that fits, and a forced 'direct' runs as 'gemm' when it does not.
+        Buffers the size of the weights (transformed weights, weight-gradient partial sums) are
+        not counted.
     """
     nbytes = check_int(nbytes, "nbytes", "set_workspace_limit", minimum=1)
     with _lock:
