@@ -14,7 +14,7 @@
   hang fails the test after a 30 s timeout.)
 
 Settings such as the thread count are process-wide, and a forced conv algorithm reaches threads that
-have no force_conv_algorithm block of their own (tests/test_config_threads.py); every test here sets
+have no force_conv_algorithm block of their own (tests/runtime/test_thread_settings.py); every test here sets
 them before starting its threads and restores them afterwards.
 """
 import multiprocessing
