@@ -8,13 +8,13 @@ backward spreads each gradient over its bin (average) or adds it at the index (m
 oracle only: its tests skip without it.
 """
 import importlib.machinery
-import zlib
 
 import numpy as np
 import pytest
 
 import cnnext
 import cnnext.functional as F
+from helpers import rng_for
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -36,10 +36,6 @@ CASES = [
 ]
 IDS = [f"{s}->{o}" for s, o in CASES]
 TORCH_TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def torch_or_skip():

@@ -7,7 +7,6 @@ that forward (and by the explicit Jacobian sum). torch is an oracle only: its te
 """
 import importlib.machinery
 import itertools
-import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import pytest
 import cnnext
 import cnnext.functional as F
 from cnnext.functional.normalization import _batch_norm_backward, _batch_norm_forward
+from helpers import rng_for
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -22,10 +22,6 @@ DTYPES = [np.float32, np.float64]
 SHAPES = [(7, 5), (6, 130), (4, 3, 9), (3, 4, 5, 7), (2, 3, 2, 3, 4), (2, 1, 1, 1), (1, 2, 3, 1)]
 # torch's float32 batch norm sums in float32: compare with a slightly wider tolerance there
 TORCH_TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def torch_or_skip():
@@ -542,27 +538,3 @@ def test_exported_and_compiled():
     from cnnext.functional import normalization
     assert normalization._norm is _norm
     assert _norm.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-
-
-@pytest.mark.parametrize("extra", [[], ["--no-torch", "--warm"]])
-def test_bench_norm_quick_runs(extra):
-    """benchmarks/bench_norm.py runs and prints its table (never asserts a timing)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_norm.py"
-    if not script.is_file():
-        pytest.skip(f"{script} not found (the benchmarks are not part of this tree)")
-    if not extra:
-        torch_or_skip()
-    env = dict(os.environ)
-    where = str(Path(cnnext.__file__).resolve().parent.parent)  # the cnnext these tests import
-    env["PYTHONPATH"] = os.pathsep.join([where] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--threads", "1", *extra],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "| shape | dtype | thr | pass | cnnext ms | torch ms | ratio |" in proc.stdout
-    assert "| 8x4x6x6 | float32 | 1 | fwd+bwd |" in proc.stdout
-    assert "MISMATCH" not in proc.stdout

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/bench.py: it runs and prints its tables. Never asserts any timing.
+"""Smoke tests of benchmarks/bench.py and bench_norm.py: they run and print their tables. Never
+asserts any timing.
 
 The script runs in a subprocess with this interpreter and helpers.child_env(), so it imports the
 same cnnext the tests do: the installed package (CI) or the in-place build.
@@ -11,17 +12,18 @@ import pytest
 
 from helpers import child_env
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCH = BENCHMARKS / "bench.py"
 ARGS = ["--quick", "--no-learn-dl", "--shapes", "lenet2", "--sections", "conv,pool", "--threads", "1",
         "--dtype", "float32", "--reps", "1"]
 
 
-def _run(*extra):
-    if not BENCH.is_file():
-        pytest.skip(f"{BENCH} not found (the benchmark script is not part of this tree)")
-    proc = subprocess.run([sys.executable, str(BENCH), *ARGS, *extra], capture_output=True, text=True,
+def _run(*extra, script=BENCH, args=ARGS):
+    if not script.is_file():
+        pytest.skip(f"{script} not found (the benchmark scripts are not part of this tree)")
+    proc = subprocess.run([sys.executable, str(script), *args, *extra], capture_output=True, text=True,
                           env=child_env(), timeout=120)
-    assert proc.returncode == 0, f"bench.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
 
@@ -54,3 +56,14 @@ def test_bench_unknown_shape_is_a_clear_error():
                           capture_output=True, text=True, env=child_env(), timeout=60)
     assert proc.returncode == 2
     assert "nosuchshape" in proc.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-torch", "--warm"]])
+def test_bench_norm_quick_runs(extra):
+    """benchmarks/bench_norm.py runs and prints its table."""
+    if not extra:
+        pytest.importorskip("torch")
+    out = _run(*extra, script=BENCHMARKS / "bench_norm.py", args=["--quick", "--threads", "1"])
+    assert "| shape | dtype | thr | pass | cnnext ms | torch ms | ratio |" in out
+    assert "| 8x4x6x6 | float32 | 1 | fwd+bwd |" in out
+    assert "MISMATCH" not in out

@@ -11,7 +11,6 @@ modules cannot be imported. No other block may be skipped, and a marker with no 
 or naming no module, is an error.
 """
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import cnnext
+from helpers import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -60,9 +59,7 @@ BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
-                                         env.get("PYTHONPATH", "")])
+    env = child_env()
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 

@@ -23,6 +23,7 @@ import cnnext.functional as F
 import naive_oracle as oracle
 from cnnext import _config
 from cnnext._config import force_conv_algorithm, get_conv_algorithm
+from helpers import child_env
 from naive_oracle import assert_close
 
 CAP = 1024  # set_num_threads's documented cap
@@ -49,11 +50,9 @@ np.savez(sys.argv[1], **out)
 
 
 def _run(args, env_value, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env = {k: v for k, v in child_env().items() if k != "OMP_NUM_THREADS"}
     if env_value is not None:
         env["OMP_NUM_THREADS"] = env_value
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     # cwd: not the checkout, whose cnnext/ is not compiled
     run = subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True,
                          timeout=300)

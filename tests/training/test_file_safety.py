@@ -16,13 +16,13 @@ import subprocess
 import sys
 import textwrap
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cnnext
 import cnnext.datasets
+from helpers import child_env
 
 MiB = 1 << 20
 _ZEROS = bytes(MiB)
@@ -114,10 +114,7 @@ def run_measured(call, tmp_path):
         print(grown / 1024)
         print(outcome)
     """)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
-                                         env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     grown, outcome = proc.stdout.strip().split("\n", 1)
