@@ -14,7 +14,11 @@ The semantics follow torch.nn.functional:
   of real elements in it.
 - Output sizes use floor division, or with ceil_mode ceil division where a last window must start
   inside the input or its left padding.
+- adaptive pooling pools bins of rows floor(i*H/Ho) .. ceil((i+1)*H/Ho) - 1 (likewise columns);
+  batch_norm normalizes each channel over (N, *spatial) with the biased variance.
 """
+import itertools
+
 import numpy as np
 
 # Per-dtype tolerances: rtol relative to each expected value, atol scaled by the largest magnitude
@@ -247,6 +251,131 @@ def avg_pool2d_backward(gy, input_shape, kernel_size, stride=None, padding=0, ce
                                                             count_include_pad):
         gx[..., r0:r1, c0:c1] += (gy[..., oh, ow] / divisor)[..., None, None]
     return gx
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive pooling: output (i, j) pools rows floor(i*H/Ho) .. ceil((i+1)*H/Ho) - 1 and the columns
+# likewise (exact integer arithmetic)
+# ---------------------------------------------------------------------------------------------
+def adaptive_bins(size, out):
+    """[(start, end)] of the out bins over size, from integer floor/ceil."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_avg_pool2d(x, Ho, Wo):
+    """Reference adaptive_avg_pool2d to an (Ho, Wo) output (float64)."""
+    x = np.asarray(x, np.float64)
+    lead, (H, W) = x.shape[:-2], x.shape[-2:]
+    y = np.zeros(lead + (Ho, Wo))
+    for p in np.ndindex(lead):
+        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
+            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
+                vals = [x[p + (h, w)] for h in range(hs, he) for w in range(ws, we)]
+                y[p + (i, j)] = sum(vals) / len(vals)
+    return y
+
+
+def adaptive_avg_pool2d_backward(gy, H, W):
+    """Reference adaptive_avg_pool2d gradient: each output gradient spread evenly over its bin."""
+    gy = np.asarray(gy, np.float64)
+    lead, (Ho, Wo) = gy.shape[:-2], gy.shape[-2:]
+    gx = np.zeros(lead + (H, W))
+    for p in np.ndindex(lead):
+        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
+            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
+                area = (he - hs) * (we - ws)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        gx[p + (h, w)] += gy[p + (i, j)] / area
+    return gx
+
+
+def adaptive_max_pool2d(x, Ho, Wo):
+    """Reference adaptive_max_pool2d: (output, int64 flat indices h * W + w), first maximum or NaN wins."""
+    x = np.asarray(x, np.float64)
+    lead, (H, W) = x.shape[:-2], x.shape[-2:]
+    y = np.zeros(lead + (Ho, Wo))
+    idx = np.zeros(lead + (Ho, Wo), dtype=np.int64)
+    for p in np.ndindex(lead):
+        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
+            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
+                best, at = -np.inf, hs * W + ws
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = x[p + (h, w)]
+                        if v > best or np.isnan(v):
+                            best, at = v, h * W + w
+                y[p + (i, j)], idx[p + (i, j)] = best, at
+    return y, idx
+
+
+def adaptive_max_pool2d_backward(gy, idx, H, W):
+    """Reference adaptive_max_pool2d gradient: each output gradient added at its index."""
+    gy = np.asarray(gy, np.float64)
+    lead = gy.shape[:-2]
+    gx = np.zeros(lead + (H * W,))
+    for p in np.ndindex(gy.shape):
+        gx[p[:-2] + (idx[p],)] += gy[p]
+    return gx.reshape(lead + (H, W))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch normalization over (N, *spatial) per channel, float64
+# ---------------------------------------------------------------------------------------------
+def batch_norm_stats(x):
+    """Per-channel mean and biased variance by Python loops over every value of the channel."""
+    x = np.asarray(x, dtype=np.float64)
+    N, C = x.shape[:2]
+    flat = x.reshape(N, C, -1)
+    mean, var = np.zeros(C), np.zeros(C)
+    for c in range(C):
+        vals = [flat[n, c, s] for n in range(N) for s in range(flat.shape[2])]
+        m = sum(vals) / len(vals)
+        mean[c] = m
+        var[c] = sum((v - m) ** 2 for v in vals) / len(vals)
+    return mean, var
+
+
+def batch_norm_apply(x, w, b, mean, var, eps):
+    """(x - mean) / sqrt(var + eps) * w + b, channel by channel, value by value."""
+    x = np.asarray(x, dtype=np.float64)
+    N, C = x.shape[:2]
+    flat = x.reshape(N, C, -1)
+    y = np.zeros_like(flat)
+    for n, c, s in itertools.product(range(N), range(C), range(flat.shape[2])):
+        y[n, c, s] = (flat[n, c, s] - mean[c]) / np.sqrt(var[c] + eps) * w[c] + b[c]
+    return y.reshape(x.shape)
+
+
+def batch_norm(x, w, b, training, eps, running=None):
+    """Reference batch_norm: batch statistics in training, ``running`` = (mean, var) in eval."""
+    if training:
+        mean, var = batch_norm_stats(x)
+    else:
+        mean, var = running
+    return batch_norm_apply(x, w, b, mean, var, eps)
+
+
+def batch_norm_grad_input(x, w, gy, eps):
+    """Training grad_input from the Jacobian dy_i/dx_j = w invstd (d_ij - 1/M - xhat_i xhat_j / M),
+    summed with loops over each channel's (i, j) pairs."""
+    x, gy = np.asarray(x, dtype=np.float64), np.asarray(gy, dtype=np.float64)
+    N, C = x.shape[:2]
+    xf, gf = x.reshape(N, C, -1), gy.reshape(N, C, -1)
+    mean, var = batch_norm_stats(x)
+    gx = np.zeros_like(xf)
+    idx = [(n, s) for n in range(N) for s in range(xf.shape[2])]
+    M = len(idx)
+    for c in range(C):
+        invstd = 1 / np.sqrt(var[c] + eps)
+        xhat = {p: (xf[p[0], c, p[1]] - mean[c]) * invstd for p in idx}
+        for j in idx:
+            total = 0.0
+            for i in idx:
+                jac = w[c] * invstd * ((i == j) - 1 / M - xhat[i] * xhat[j] / M)
+                total += gf[i[0], c, i[1]] * jac
+            gx[j[0], c, j[1]] = total
+    return gx.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,8 @@
 """cnnext.functional adaptive_avg_pool2d / adaptive_max_pool2d and their backward functions, against
-PyTorch and against naive loops written here from the definitions.
+PyTorch and against the naive loop oracle.
 
-The naive oracle: output (i, j) pools input rows floor(i*H/Ho) .. ceil((i+1)*H/Ho) - 1 and columns
-floor(j*W/Wo) .. ceil((j+1)*W/Wo) - 1 (computed with exact integer arithmetic); average is the mean of
-that bin, max scans it row by row and takes an element that is greater or NaN (index h*W + w);
-backward spreads each gradient over its bin (average) or adds it at the index (max). torch is an
-oracle only: its tests skip without it.
+The naive oracle is tests/naive_oracle.py's adaptive_* functions (bins from exact integer floor/ceil,
+mean or first maximum-or-NaN of each bin). torch is an oracle only: its tests skip without it.
 """
 import importlib.machinery
 
@@ -15,6 +12,7 @@ import pytest
 import cnnext
 import cnnext.functional as F
 from helpers import rng_for
+import naive_oracle as oracle
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -54,64 +52,6 @@ def sizes(shape, output_size):
     return tuple(s if o is None else o for o, s in zip(output_size, (H, W)))
 
 
-def bins(size, out):
-    """[(start, end)] of the out bins over size, from integer floor/ceil."""
-    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
-
-
-def naive_avg(x, Ho, Wo):
-    x = np.asarray(x, np.float64)
-    lead, (H, W) = x.shape[:-2], x.shape[-2:]
-    y = np.zeros(lead + (Ho, Wo))
-    for p in np.ndindex(lead):
-        for i, (hs, he) in enumerate(bins(H, Ho)):
-            for j, (ws, we) in enumerate(bins(W, Wo)):
-                vals = [x[p + (h, w)] for h in range(hs, he) for w in range(ws, we)]
-                y[p + (i, j)] = sum(vals) / len(vals)
-    return y
-
-
-def naive_avg_backward(gy, H, W):
-    gy = np.asarray(gy, np.float64)
-    lead, (Ho, Wo) = gy.shape[:-2], gy.shape[-2:]
-    gx = np.zeros(lead + (H, W))
-    for p in np.ndindex(lead):
-        for i, (hs, he) in enumerate(bins(H, Ho)):
-            for j, (ws, we) in enumerate(bins(W, Wo)):
-                area = (he - hs) * (we - ws)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        gx[p + (h, w)] += gy[p + (i, j)] / area
-    return gx
-
-
-def naive_max(x, Ho, Wo):
-    x = np.asarray(x, np.float64)
-    lead, (H, W) = x.shape[:-2], x.shape[-2:]
-    y = np.zeros(lead + (Ho, Wo))
-    idx = np.zeros(lead + (Ho, Wo), dtype=np.int64)
-    for p in np.ndindex(lead):
-        for i, (hs, he) in enumerate(bins(H, Ho)):
-            for j, (ws, we) in enumerate(bins(W, Wo)):
-                best, at = -np.inf, hs * W + ws
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[p + (h, w)]
-                        if v > best or np.isnan(v):
-                            best, at = v, h * W + w
-                y[p + (i, j)], idx[p + (i, j)] = best, at
-    return y, idx
-
-
-def naive_max_backward(gy, idx, H, W):
-    gy = np.asarray(gy, np.float64)
-    lead = gy.shape[:-2]
-    gx = np.zeros(lead + (H * W,))
-    for p in np.ndindex(gy.shape):
-        gx[p[:-2] + (idx[p],)] += gy[p]
-    return gx.reshape(lead + (H, W))
-
-
 def data(shape, dtype, key, ties=False):
     rng = rng_for(shape, np.dtype(dtype).name, key)
     if ties:  # few distinct values: the first-maximum rule decides
@@ -130,11 +70,11 @@ def test_adaptive_avg_pool2d_matches_naive_oracle(shape, output_size, dtype):
     Ho, Wo = sizes(shape, output_size)
     y = F.adaptive_avg_pool2d(x, output_size)
     assert y.dtype == dtype and y.shape == shape[:-2] + (Ho, Wo)
-    assert_close(y, naive_avg(x, Ho, Wo))
+    assert_close(y, oracle.adaptive_avg_pool2d(x, Ho, Wo))
     gy = data(y.shape, dtype, "avg-gy")
     gx = F.adaptive_avg_pool2d_backward(gy, shape)
     assert gx.dtype == dtype and gx.shape == shape
-    assert_close(gx, naive_avg_backward(gy, *shape[-2:]))
+    assert_close(gx, oracle.adaptive_avg_pool2d_backward(gy, *shape[-2:]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [np.int64])
@@ -143,14 +83,14 @@ def test_adaptive_max_pool2d_matches_naive_oracle(shape, output_size, dtype):
     x = data(shape, dtype, "max", ties=dtype == np.int64)
     Ho, Wo = sizes(shape, output_size)
     y, idx = F.adaptive_max_pool2d(x, output_size, return_indices=True)
-    ny, nidx = naive_max(x, Ho, Wo)
+    ny, nidx = oracle.adaptive_max_pool2d(x, Ho, Wo)
     assert y.dtype == (np.float64 if dtype == np.int64 else dtype) and idx.dtype == np.int64
     np.testing.assert_array_equal(y, ny)
     np.testing.assert_array_equal(idx, nidx)
     np.testing.assert_array_equal(F.adaptive_max_pool2d(x, output_size), y)
     gy = data(y.shape, np.float64, "max-gy")
     gx = F.adaptive_max_pool2d_backward(gy, idx, shape)
-    assert_close(gx, naive_max_backward(gy, idx, *shape[-2:]))
+    assert_close(gx, oracle.adaptive_max_pool2d_backward(gy, idx, *shape[-2:]))
 
 
 def test_adaptive_max_pool2d_nan_and_inf():
@@ -159,7 +99,7 @@ def test_adaptive_max_pool2d_nan_and_inf():
     x[0, 0, 2, 4] = 3.0
     x[0, 0, 3, 5] = np.nan
     y, idx = F.adaptive_max_pool2d(x, (2, 2), return_indices=True)
-    ny, nidx = naive_max(x, 2, 2)
+    ny, nidx = oracle.adaptive_max_pool2d(x, 2, 2)
     np.testing.assert_array_equal(y, ny)  # NaN where a bin holds one, -inf for an all -inf bin
     np.testing.assert_array_equal(idx, nidx)
     assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == -np.inf and idx[0, 0, 0, 1] == 3
@@ -241,7 +181,7 @@ def test_thread_counts_bitwise_identical(shape, output_size, dtype, restore_conf
         out.append((y, gx, m, idx, gm))
     for one, two in zip(*out):
         np.testing.assert_array_equal(one, two)
-    assert_close(out[1][0], naive_avg(x, *sizes(shape, output_size)))
+    assert_close(out[1][0], oracle.adaptive_avg_pool2d(x, *sizes(shape, output_size)))
 
 
 # ----------------------------------------------------------------------------------------------

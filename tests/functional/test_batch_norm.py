@@ -1,12 +1,11 @@
 """cnnext.functional.batch_norm / batch_norm_backward against PyTorch and against naive numpy loops.
 
-The naive oracle here is written from the definitions, in float64, one channel at a time with Python
-loops: the mean and biased variance over (N, *spatial), y = (x - mean) / sqrt(var + eps) * w + b,
-the running statistics with the unbiased variance, and gradients by central finite differences of
-that forward (and by the explicit Jacobian sum). torch is an oracle only: its tests skip without it.
+The naive oracle is tests/naive_oracle.py's batch_norm* functions (Python loops over each channel's
+values: mean and biased variance, y = (x - mean) / sqrt(var + eps) * w + b, grad_input by the explicit
+Jacobian sum); the running statistics use the unbiased variance, and gradients are also checked by
+central finite differences of the oracle's forward. torch is an oracle only: its tests skip without it.
 """
 import importlib.machinery
-import itertools
 
 import numpy as np
 import pytest
@@ -14,7 +13,8 @@ import pytest
 import cnnext
 import cnnext.functional as F
 from cnnext.functional.normalization import _batch_norm_backward, _batch_norm_forward
-from helpers import rng_for
+import naive_oracle as oracle
+from helpers import numerical_gradient, rng_for
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -43,84 +43,14 @@ def make(shape, dtype, key, offset=1.5, scale=2.0):
     return x, w, b, gy
 
 
-# ----------------------------------------------------------------------------------------------
-# naive float64 oracle
-
-
-def naive_stats(x):
-    """Per-channel mean and biased variance by Python loops over every value of the channel."""
-    x = np.asarray(x, dtype=np.float64)
-    N, C = x.shape[:2]
-    flat = x.reshape(N, C, -1)
-    mean, var = np.zeros(C), np.zeros(C)
-    for c in range(C):
-        vals = [flat[n, c, s] for n in range(N) for s in range(flat.shape[2])]
-        m = sum(vals) / len(vals)
-        mean[c] = m
-        var[c] = sum((v - m) ** 2 for v in vals) / len(vals)
-    return mean, var
-
-
-def naive_forward(x, w, b, mean, var, eps):
-    x = np.asarray(x, dtype=np.float64)
-    N, C = x.shape[:2]
-    flat = x.reshape(N, C, -1)
-    y = np.zeros_like(flat)
-    for n, c, s in itertools.product(range(N), range(C), range(flat.shape[2])):
-        y[n, c, s] = (flat[n, c, s] - mean[c]) / np.sqrt(var[c] + eps) * w[c] + b[c]
-    return y.reshape(x.shape)
-
-
-def naive_batch_norm(x, w, b, training, eps, running=None):
-    if training:
-        mean, var = naive_stats(x)
-    else:
-        mean, var = running
-    return naive_forward(x, w, b, mean, var, eps)
-
-
 def numeric_grads(x, w, b, gy, training, eps, running=None, h=1e-6):
-    """Central finite differences of sum(gy * naive_batch_norm(...)) in x, w and b."""
+    """Central finite differences of sum(gy * oracle.batch_norm(...)) in x, w and b."""
     x, w, b, gy = (np.asarray(a, dtype=np.float64) for a in (x, w, b, gy))
 
-    def loss(x_, w_, b_):
-        return float(np.sum(gy * naive_batch_norm(x_, w_, b_, training, eps, running)))
+    def loss():
+        return float(np.sum(gy * oracle.batch_norm(x, w, b, training, eps, running)))
 
-    grads = []
-    for arr in (x, w, b):
-        g = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + h
-            up = loss(x, w, b)
-            arr[i] = old - h
-            down = loss(x, w, b)
-            arr[i] = old
-            g[i] = (up - down) / (2 * h)
-        grads.append(g)
-    return grads
-
-
-def jacobian_grad_input(x, w, gy, eps):
-    """Training grad_input from the Jacobian dy_i/dx_j = w invstd (d_ij - 1/M - xhat_i xhat_j / M),
-    summed with loops over each channel's (i, j) pairs."""
-    x, gy = np.asarray(x, dtype=np.float64), np.asarray(gy, dtype=np.float64)
-    N, C = x.shape[:2]
-    xf, gf = x.reshape(N, C, -1), gy.reshape(N, C, -1)
-    mean, var = naive_stats(x)
-    gx = np.zeros_like(xf)
-    idx = [(n, s) for n in range(N) for s in range(xf.shape[2])]
-    M = len(idx)
-    for c in range(C):
-        invstd = 1 / np.sqrt(var[c] + eps)
-        xhat = {p: (xf[p[0], c, p[1]] - mean[c]) * invstd for p in idx}
-        for j in idx:
-            total = 0.0
-            for i in idx:
-                jac = w[c] * invstd * ((i == j) - 1 / M - xhat[i] * xhat[j] / M)
-                total += gf[i[0], c, i[1]] * jac
-            gx[j[0], c, j[1]] = total
-    return gx.reshape(x.shape)
+    return [numerical_gradient(loss, arr, eps=h) for arr in (x, w, b)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,8 +69,8 @@ def test_train_forward_matches_naive_oracle(shape, dtype, affine):
     assert y.dtype == dtype and y.shape == shape
     wo = w if affine else np.ones(C)
     bo = b if affine else np.zeros(C)
-    assert_close(y, naive_batch_norm(x, wo.astype(np.float64), bo.astype(np.float64), True, 1e-5))
-    m, v = naive_stats(x)
+    assert_close(y, oracle.batch_norm(x, wo.astype(np.float64), bo.astype(np.float64), True, 1e-5))
+    m, v = oracle.batch_norm_stats(x)
     assert mean.dtype == np.float64 and invstd.dtype == np.float64
     assert_close(mean, m, dtype)
     assert_close(invstd, 1 / np.sqrt(v + 1e-5), dtype)
@@ -159,7 +89,7 @@ def test_eval_forward_matches_naive_oracle(shape, dtype):
     rv = rng.uniform(0.5, 2.0, C).astype(dtype)
     rm0, rv0 = rm.copy(), rv.copy()
     y, mean, invstd = _batch_norm_forward(x, rm, rv, w, b, training=False, eps=1e-3)
-    assert_close(y, naive_batch_norm(x, w, b, False, 1e-3, (rm.astype(np.float64), rv.astype(np.float64))))
+    assert_close(y, oracle.batch_norm(x, w, b, False, 1e-3, (rm.astype(np.float64), rv.astype(np.float64))))
     np.testing.assert_array_equal(rm, rm0)  # evaluation never updates the running statistics
     np.testing.assert_array_equal(rv, rv0)
     assert_close(mean, rm, dtype)
@@ -235,7 +165,7 @@ def test_momentum_none_is_the_cumulative_average():
     rm, rv, nbt = np.zeros(3), np.ones(3), np.zeros(1, dtype=np.int32)
     for x in batches:
         F.batch_norm(x, rm, rv, training=True, momentum=None, num_batches_tracked=nbt)
-    stats = [naive_stats(x) for x in batches]
+    stats = [oracle.batch_norm_stats(x) for x in batches]
     M = 16
     assert_close(rm, np.mean([m for m, _ in stats], axis=0))
     assert_close(rv, np.mean([v * M / (M - 1) for _, v in stats], axis=0))
@@ -245,7 +175,7 @@ def test_momentum_none_is_the_cumulative_average():
 def test_training_without_running_stats_and_without_count():
     x, w, b, _ = make((5, 3, 4), np.float64, "no-stats")
     y = F.batch_norm(x, None, None, w, b, training=True)
-    assert_close(y, naive_batch_norm(x, w, b, True, 1e-5))
+    assert_close(y, oracle.batch_norm(x, w, b, True, 1e-5))
     # a given num_batches_tracked is only counted with running statistics to update
     nbt = np.zeros((), dtype=np.int64)
     F.batch_norm(x, None, None, training=True, num_batches_tracked=nbt)
@@ -259,7 +189,7 @@ def test_precision_large_offset(shape):
     rng = rng_for("offset", shape)
     x = rng.standard_normal(shape) * 1e-3 + 1e6
     _, mean, invstd = _batch_norm_forward(x, None, None, training=True, eps=0.0)
-    m, v = naive_stats(x)
+    m, v = oracle.batch_norm_stats(x)
     np.testing.assert_allclose(mean, m, rtol=1e-14)
     np.testing.assert_allclose(invstd, 1 / np.sqrt(v), rtol=1e-8)
 
@@ -270,7 +200,7 @@ def test_float32_range():
     x32 = (rng.uniform(1, 2, (64, 2, 4)) * 3e37).astype(np.float32)
     y = F.batch_norm(x32, None, None, training=True)
     assert np.isfinite(y).all()
-    assert_close(y, naive_batch_norm(x32, np.ones(2), np.zeros(2), True, 1e-5))
+    assert_close(y, oracle.batch_norm(x32, np.ones(2), np.zeros(2), True, 1e-5))
 
 
 def test_channels_larger_than_a_group():
@@ -342,7 +272,7 @@ def test_any_input_layout_or_integer_input(layout):
         x = big[..., ::2]
     y = F.batch_norm(x, None, None, training=True)
     assert y.dtype == np.float64
-    assert_close(y, naive_batch_norm(base, np.ones(3), np.zeros(3), True, 1e-5))
+    assert_close(y, oracle.batch_norm(base, np.ones(3), np.zeros(3), True, 1e-5))
     gx, gw, gb = F.batch_norm_backward(x, x, None, *_batch_norm_forward(x, None, None, None, None, True)[1:])
     assert gx.flags.c_contiguous and gx.shape == x.shape
 
@@ -391,7 +321,7 @@ def test_gradients_match_naive_finite_differences(shape, training):
     for ours, theirs in ((gx, ngx), (gw, ngw), (gb, ngb)):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
     if training:
-        assert_close(gx, jacobian_grad_input(x, w, gy, 1e-3))
+        assert_close(gx, oracle.batch_norm_grad_input(x, w, gy, 1e-3))
 
 
 def test_need_input_false_returns_the_same_parameter_gradients():
@@ -437,7 +367,7 @@ def test_thread_counts_bitwise_identical(shape, dtype, training, restore_config)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
     cnnext.set_num_threads(2)
-    assert_close(results[0][0], naive_batch_norm(x, w, b, training, 1e-5,
+    assert_close(results[0][0], oracle.batch_norm(x, w, b, training, 1e-5,
                                                  (np.full(C, 0.5), np.full(C, 2.0))), dtype)
 
 
