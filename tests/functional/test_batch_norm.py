@@ -43,6 +43,20 @@ def make(shape, dtype, key, offset=1.5, scale=2.0):
     return x, w, b, gy
 
 
+def running_stats(shape, dtype, key):
+    """Seeded running mean and variance (in [0.5, 2)) for the channels of ``shape``."""
+    rng = rng_for(key, shape)
+    return rng.standard_normal(shape[1]).astype(dtype), rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+
+
+def every_shape_dtype_and_mode(test):
+    """Parametrize a test over SHAPES x DTYPES x training x affine."""
+    test = pytest.mark.parametrize("affine", [True, False])(test)
+    test = pytest.mark.parametrize("training", [True, False])(test)
+    test = pytest.mark.parametrize("shape", SHAPES)(test)
+    return pytest.mark.parametrize("dtype", DTYPES)(test)
+
+
 def numeric_grads(x, w, b, gy, training, eps, running=None, h=1e-6):
     """Central finite differences of sum(gy * oracle.batch_norm(...)) in x, w and b."""
     x, w, b, gy = (np.asarray(a, dtype=np.float64) for a in (x, w, b, gy))
@@ -83,10 +97,7 @@ def test_train_forward_matches_naive_oracle(shape, dtype, affine):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_eval_forward_matches_naive_oracle(shape, dtype):
     x, w, b, _ = make(shape, dtype, "eval")
-    C = shape[1]
-    rng = rng_for("eval-stats", shape)
-    rm = rng.standard_normal(C).astype(dtype)
-    rv = rng.uniform(0.5, 2.0, C).astype(dtype)
+    rm, rv = running_stats(shape, dtype, "eval-stats")
     rm0, rv0 = rm.copy(), rv.copy()
     y, mean, invstd = _batch_norm_forward(x, rm, rv, w, b, training=False, eps=1e-3)
     assert_close(y, oracle.batch_norm(x, w, b, False, 1e-3, (rm.astype(np.float64), rv.astype(np.float64))))
@@ -96,17 +107,11 @@ def test_eval_forward_matches_naive_oracle(shape, dtype):
     assert_close(invstd, 1 / np.sqrt(rv.astype(np.float64) + 1e-3), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("affine", [True, False])
+@every_shape_dtype_and_mode
 def test_forward_and_running_stats_match_torch(shape, dtype, training, affine):
     torch = torch_or_skip()
     x, w, b, _ = make(shape, dtype, "torch-fwd")
-    C = shape[1]
-    rng = rng_for("torch-fwd-stats", shape)
-    rm = rng.standard_normal(C).astype(dtype)
-    rv = rng.uniform(0.5, 2.0, C).astype(dtype)
+    rm, rv = running_stats(shape, dtype, "torch-fwd-stats")
     trm, trv = torch.tensor(rm), torch.tensor(rv)
     kw = dict(weight=w if affine else None, bias=b if affine else None)
     y = F.batch_norm(x, rm, rv, training=training, momentum=0.3, eps=1e-4, **kw)
@@ -281,17 +286,12 @@ def test_any_input_layout_or_integer_input(layout):
 # backward
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("affine", [True, False])
+@every_shape_dtype_and_mode
 def test_gradients_match_torch_autograd(shape, dtype, training, affine):
     torch = torch_or_skip()
     x, w, b, gy = make(shape, dtype, "torch-bwd")
     C = shape[1]
-    rng = rng_for("torch-bwd-stats", shape)
-    rm = rng.standard_normal(C).astype(dtype)
-    rv = rng.uniform(0.5, 2.0, C).astype(dtype)
+    rm, rv = running_stats(shape, dtype, "torch-bwd-stats")
     weight = w if affine else None
     y, mean, invstd = _batch_norm_forward(x, rm.copy(), rv.copy(), weight, b if affine else None,
                                           training=training, eps=1e-4)
