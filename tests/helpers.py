@@ -1,10 +1,15 @@
 """Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences,
-results across thread counts, seeded learn_dl layers, the environment of a child Python.
+results across thread counts, seeded learn_dl layers, the environment of a child Python, a local HTTP
+server.
 
 Importable by name (``from helpers import rng_for``) because pyproject.toml's pytest settings put
 tests/ on sys.path. The reference results themselves come from tests/naive_oracle.py, never from here.
 """
+import contextlib
+import functools
+import http.server
 import os
+import threading
 import zlib
 from pathlib import Path
 
@@ -133,3 +138,24 @@ def child_env(*paths, **variables):
     env = dict(os.environ, **variables)
     env["PYTHONPATH"] = os.pathsep.join([PKG_PARENT, *map(str, paths), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging each request to stderr."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def http_server(directory, handler=QuietHandler):
+    """Serve ``directory`` over HTTP on 127.0.0.1 while the block runs; yields the base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)

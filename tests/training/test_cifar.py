@@ -5,14 +5,11 @@ blue); the official batches hold 10000 records each, these fakes only a few. Exp
 computed from the bytes the test writes (pixel / 255 in float32), never from the loader.
 Downloads come from a local http.server or a monkeypatched ``urlopen``.
 """
-import functools
 import hashlib
 import http.client
-import http.server
 import io
 import os
 import tarfile
-import threading
 import urllib.request
 
 import numpy as np
@@ -20,6 +17,7 @@ import pytest
 
 from cnnext.datasets import CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, load_cifar10
 from cnnext.datasets import _cifar
+from helpers import http_server
 
 TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 TEST = "test_batch.bin"
@@ -221,25 +219,12 @@ def test_argument_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------ download
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(_QuietHandler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{httpd.server_address[1]}/cifar-10-binary.tar.gz"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with http_server(served) as url:
+        yield served, f"{url}/cifar-10-binary.tar.gz"
 
 
 def test_download_checks_md5_and_caches(server, tmp_path, files):

@@ -3,18 +3,16 @@
 IDX files are generated here by a writer of the tests' own; downloads are served from a local
 http.server bound to 127.0.0.1.
 """
-import functools
 import gzip
 import hashlib
-import http.server
 import os
 import struct
-import threading
 
 import numpy as np
 import pytest
 
 from cnnext.datasets import DataLoader, iterate_minibatches, load_digits, load_mnist, read_idx
+from helpers import QuietHandler, http_server
 
 IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
              np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
@@ -153,22 +151,11 @@ def test_load_mnist_consistency_errors(tmp_path):
 def local_server(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{server.server_address[1]}/files"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_server(served, _FilesHandler) as url:
+        yield served, f"{url}/files"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class _FilesHandler(QuietHandler):
     def translate_path(self, path):  # serve /files/NAME from the directory
         return super().translate_path(path.replace("/files/", "/", 1))
 
