@@ -1,5 +1,5 @@
 """Helpers shared by the test modules: seeded data, memory layouts, result dtypes, central differences,
-results across thread counts, seeded learn_dl layers, the environment of a child Python, a local HTTP
+results across thread counts, threads run at once, seeded learn_dl layers, the environment of a child Python, a local HTTP
 server.
 
 Importable by name (``from helpers import rng_for``) because pyproject.toml's pytest settings put
@@ -106,6 +106,17 @@ def same_at_thread_counts(run, counts=(1, 2)):
             assert a.dtype == b.dtype and np.array_equal(a, b), \
                 f"result {i} differs between {counts[0]} and {n} threads"
     return results
+
+
+def run_threads(targets, timeout=120):
+    """Run each callable of ``targets`` on a Python thread of its own, all at once; wait for them, and
+    fail if one is still running after ``timeout`` seconds."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+        assert not t.is_alive(), f"a thread was still running after {timeout} s"
 
 
 def random_conv_layer(iw, ih, c, fw, fh, k, zp, stride, act=None, lr=0.1, seed=0):

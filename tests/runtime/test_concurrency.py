@@ -31,6 +31,7 @@ import cnnext.functional as F
 import mp_workers
 from cnnext import nn
 from cnnext._config import force_conv_algorithm
+from helpers import run_threads
 
 pytestmark = pytest.mark.usefixtures("restore_config")
 
@@ -153,12 +154,7 @@ def test_two_threads_on_separate_data_are_correct():
         for _ in range(3):
             results[i] = F.conv2d_backward(F.conv2d(x, w, padding=1), x, w, padding=1)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-        assert not t.is_alive()
+    run_threads([lambda: work(0), lambda: work(1)])
     for got, want in zip(results, serial):
         for g, w in zip(got, want):
             assert np.array_equal(g, w)

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_info
 from cnnext.functional import conv
 from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
-from helpers import same_at_thread_counts
+from helpers import run_threads, same_at_thread_counts
 from naive_oracle import assert_close
 
 needs_control = pytest.mark.skipif(not _threads.blas_control_available(),
@@ -312,11 +312,7 @@ def test_blas_restored_when_the_last_block_ends_in_another_thread():
             inside["b"] = blas.active, blas_threads()
         inside["after"] = blas_threads()
         done.wait()
-    threads = [threading.Thread(target=f) for f in (a, b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    run_threads([a, b], timeout=60)
     assert inside == {"a": (True, 1), "b": (True, 1), "after": before}
     assert blas_threads() == before
 

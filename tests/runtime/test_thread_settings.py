@@ -8,6 +8,7 @@
   restore the setting correctly in every interleaving (issue 13, item 8); barriers force the
   interleavings.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import cnnext.functional as F
 import naive_oracle as oracle
 from cnnext import _config
 from cnnext._config import force_conv_algorithm, get_conv_algorithm
-from helpers import child_env
+from helpers import child_env, run_threads
 from naive_oracle import assert_close
 
 CAP = 1024  # set_num_threads's documented cap
@@ -181,12 +182,7 @@ def test_overlapping_blocks_in_two_threads_restore_auto(a_leaves_first):
             step[2].wait()
         step[3].wait()
         seen["B"].append(get_conv_algorithm())
-    threads = [threading.Thread(target=f) for f in (a, b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-        assert not t.is_alive()
+    run_threads([a, b], timeout=60)
     assert seen["A"] == ["gemm", "gemm", "auto"]
     assert seen["B"] == (["direct", "direct", "auto"] if a_leaves_first else ["direct", "auto"])
     assert get_conv_algorithm() == "auto"
@@ -324,11 +320,6 @@ def test_many_threads_nesting_at_random_restore_auto():
                     if get_conv_algorithm() != chosen[level]:
                         errors.append((seed, chosen, level, get_conv_algorithm()))
             nest(0)
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-        assert not t.is_alive()
+    run_threads([functools.partial(worker, s) for s in range(8)])
     assert errors == []
     assert get_conv_algorithm() == "auto" and _config._state["conv_algorithm"] == "auto"
