@@ -262,16 +262,22 @@ def adaptive_bins(size, out):
     return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
 
 
+def _adaptive_cells(lead, H, W, Ho, Wo):
+    """Yield (leading index, (i, j), rows, cols) for every output element: the ranges of its bin."""
+    for p in np.ndindex(lead):
+        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
+            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
+                yield p, (i, j), range(hs, he), range(ws, we)
+
+
 def adaptive_avg_pool2d(x, Ho, Wo):
     """Reference adaptive_avg_pool2d to an (Ho, Wo) output (float64)."""
     x = np.asarray(x, np.float64)
     lead, (H, W) = x.shape[:-2], x.shape[-2:]
     y = np.zeros(lead + (Ho, Wo))
-    for p in np.ndindex(lead):
-        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
-            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
-                vals = [x[p + (h, w)] for h in range(hs, he) for w in range(ws, we)]
-                y[p + (i, j)] = sum(vals) / len(vals)
+    for p, ij, rows, cols in _adaptive_cells(lead, H, W, Ho, Wo):
+        vals = [x[p + (h, w)] for h in rows for w in cols]
+        y[p + ij] = sum(vals) / len(vals)
     return y
 
 
@@ -280,13 +286,10 @@ def adaptive_avg_pool2d_backward(gy, H, W):
     gy = np.asarray(gy, np.float64)
     lead, (Ho, Wo) = gy.shape[:-2], gy.shape[-2:]
     gx = np.zeros(lead + (H, W))
-    for p in np.ndindex(lead):
-        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
-            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
-                area = (he - hs) * (we - ws)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        gx[p + (h, w)] += gy[p + (i, j)] / area
+    for p, ij, rows, cols in _adaptive_cells(lead, H, W, Ho, Wo):
+        for h in rows:
+            for w in cols:
+                gx[p + (h, w)] += gy[p + ij] / (len(rows) * len(cols))
     return gx
 
 
@@ -296,16 +299,14 @@ def adaptive_max_pool2d(x, Ho, Wo):
     lead, (H, W) = x.shape[:-2], x.shape[-2:]
     y = np.zeros(lead + (Ho, Wo))
     idx = np.zeros(lead + (Ho, Wo), dtype=np.int64)
-    for p in np.ndindex(lead):
-        for i, (hs, he) in enumerate(adaptive_bins(H, Ho)):
-            for j, (ws, we) in enumerate(adaptive_bins(W, Wo)):
-                best, at = -np.inf, hs * W + ws
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[p + (h, w)]
-                        if v > best or np.isnan(v):
-                            best, at = v, h * W + w
-                y[p + (i, j)], idx[p + (i, j)] = best, at
+    for p, ij, rows, cols in _adaptive_cells(lead, H, W, Ho, Wo):
+        best, at = -np.inf, rows.start * W + cols.start
+        for h in rows:
+            for w in cols:
+                v = x[p + (h, w)]
+                if v > best or np.isnan(v):
+                    best, at = v, h * W + w
+        y[p + ij], idx[p + ij] = best, at
     return y, idx
 
 

@@ -380,6 +380,14 @@ def _args():
     return x, np.zeros(3), np.ones(3)
 
 
+def assert_refused(func, args, exc, words):
+    """``func(**args)`` raises ``exc`` with ``words`` in a message that starts with the function's name."""
+    with pytest.raises(exc) as info:
+        func(**args)
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"{func.__name__}: ")
+
+
 @pytest.mark.parametrize("kwargs, exc, words", [
     (dict(input=np.ones(3)), ValueError, "input must be 2-D or 3-D or 4-D or 5-D"),
     (dict(input=np.ones((2, 3), dtype=complex)), TypeError, "input"),
@@ -406,12 +414,8 @@ def _args():
 ])
 def test_batch_norm_bad_arguments(kwargs, exc, words):
     x, rm, rv = _args()
-    args = dict(input=x, running_mean=rm, running_var=rv, training=True)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.batch_norm(**args)
-    assert words in str(info.value)
-    assert str(info.value).startswith("batch_norm: ")
+    assert_refused(F.batch_norm, dict(dict(input=x, running_mean=rm, running_var=rv, training=True), **kwargs),
+                   exc, words)
 
 
 def test_batch_norm_read_only_running_stats_refused_in_training_only():
@@ -447,11 +451,7 @@ def test_failed_call_leaves_running_stats_alone():
 def test_batch_norm_backward_bad_arguments(kwargs, exc, words):
     x, _, _ = _args()
     args = dict(grad_output=x, input=x, weight=None, save_mean=np.zeros(3), save_invstd=np.ones(3))
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.batch_norm_backward(**args)
-    assert words in str(info.value)
-    assert str(info.value).startswith("batch_norm_backward: ")
+    assert_refused(F.batch_norm_backward, dict(args, **kwargs), exc, words)
 
 
 def test_private_entry_points_report_under_the_callers_name():
