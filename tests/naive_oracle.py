@@ -208,7 +208,7 @@ def max_pool2d_backward(gy, indices, input_shape):
     return gx
 
 
-def _avg_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, count_include_pad):
+def avg_pool_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, count_include_pad):
     """Yield (oh, ow, row range, col range, divisor) of every average-pooling window."""
     for oh in range(Ho):
         hs = oh * sh - ph
@@ -232,7 +232,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     kh, kw, sh, sw, ph, pw, _, _, Ho, Wo = _pool_params(x.shape, kernel_size, stride, padding, 1,
                                                         ceil_mode)
     y = np.zeros((N, C, Ho, Wo))
-    for oh, ow, (r0, r1), (c0, c1), divisor in _avg_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+    for oh, ow, (r0, r1), (c0, c1), divisor in avg_pool_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
                                                             count_include_pad):
         y[:, :, oh, ow] = x[:, :, r0:r1, c0:c1].sum(axis=(2, 3)) / divisor
     return y[0] if unbatched else y
@@ -247,7 +247,7 @@ def avg_pool2d_backward(gy, input_shape, kernel_size, stride=None, padding=0, ce
     kh, kw, sh, sw, ph, pw, _, _, Ho, Wo = _pool_params(shape, kernel_size, stride, padding, 1,
                                                         ceil_mode)
     gx = np.zeros(shape)
-    for oh, ow, (r0, r1), (c0, c1), divisor in _avg_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+    for oh, ow, (r0, r1), (c0, c1), divisor in avg_pool_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
                                                             count_include_pad):
         gx[..., r0:r1, c0:c1] += (gy[..., oh, ow] / divisor)[..., None, None]
     return gx

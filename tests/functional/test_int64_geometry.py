@@ -18,6 +18,7 @@ import pytest
 
 import cnnext
 import cnnext.functional as F
+import naive_oracle as oracle
 from cnnext._config import force_conv_algorithm
 
 try:
@@ -232,17 +233,6 @@ def test_kernel_1_takes_any_dilation():
 
 # ------------------------------------------------------------------------------ pool oracle
 
-def pool_out(size, k, s, p, d, ceil_mode):
-    span = size + 2 * p - d * (k - 1) - 1
-    if ceil_mode:
-        out = -(-span // s) + 1
-        if (out - 1) * s >= size + p:
-            out -= 1
-    else:
-        out = span // s + 1
-    return out
-
-
 def window(o, s, p, d, k, size):
     """Input positions of window o inside [0, size), in scan order (walks the input, not the
     taps: k may be 2**62)."""
@@ -257,7 +247,8 @@ def pool_case(H, W, k, s, p, d, ceil_mode):
     for size, kk, pp, dd in ((H, kh, ph, dh), (W, kw, pw, dw)):
         if kk > LIMIT or (kk > 1 and dd * (kk - 1) + 1 > LIMIT) or size + 2 * pp > LIMIT:
             over = "2\\*\\*60"
-    Ho, Wo = pool_out(H, kh, sh, ph, dh, ceil_mode), pool_out(W, kw, sw, pw, dw, ceil_mode)
+    Ho, Wo = (oracle.pool_output_size(H, kh, sh, ph, dh, ceil_mode),
+              oracle.pool_output_size(W, kw, sw, pw, dw, ceil_mode))
     if over is None and (Ho < 1 or Wo < 1):
         return None
     if over is not None or Ho * Wo > MAX_OUTPUT:
@@ -287,18 +278,29 @@ def avg_divisors(H, W, k, s, p, count_include_pad, Ho, Wo):
     of its real elements."""
     (kh, kw), (sh, sw), (ph, pw) = map(pair, (k, s, p))
     out = np.empty((Ho, Wo))
-    for oh in range(Ho):
-        hs = oh * sh - ph
-        he = min(hs + kh, H + ph)
-        for ow in range(Wo):
-            ws = ow * sw - pw
-            we = min(ws + kw, W + pw)
-            if count_include_pad:
-                n = (he - hs) * (we - ws)
-            else:
-                n = (min(he, H) - max(hs, 0)) * (min(we, W) - max(ws, 0))
-            out[oh, ow] = float(n)  # exact for powers of two; the quotient is what matters
+    for oh, ow, _, _, n in oracle.avg_pool_windows(H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, count_include_pad):
+        out[oh, ow] = float(n)  # exact for powers of two; the quotient is what matters
     return out
+
+
+def sweep(grid, ceil_mode, tally, make_args, refused):
+    """Yield ((k, s, p, d), args, (Ho, Wo), rows, cols) for the cases of ``grid`` the oracle computes.
+
+    ``refused(args, match)`` checks the cases validation must refuse (``match``: what exceeds 2**60,
+    or None); cases with more than MAX_OUTPUT outputs are skipped. ``tally`` counts both.
+    """
+    for k, s, p, d in grid:
+        case = pool_case(5, 4, k, s, p, d, ceil_mode)
+        args = make_args(k, s, p, d)
+        if case is None or case[3] is not None:
+            refused(args, case[3] if case else None)
+            tally["refused"] += 1
+            continue
+        (Ho, Wo), rows, cols, _ = case
+        if rows is None:
+            tally["too large to run"] += 1
+            continue
+        yield (k, s, p, d), args, (Ho, Wo), rows, cols
 
 
 def torch_pool_ok(*params):
@@ -329,18 +331,15 @@ def test_max_pool2d_sweep_of_huge_kernel_stride_padding_dilation(ceil_mode):
     x = rng.standard_normal((1, 2, 5, 4))
     gy = rng.standard_normal
     tally = {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
-    for k, s, p, d in pool_grid():
-        case = pool_case(5, 4, k, s, p, d, ceil_mode)
-        args = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
-        if case is None or case[3] is not None:
-            with pytest.raises(ValueError, match=case[3] if case else None):
-                F.max_pool2d(x, **args)
-            tally["refused"] += 1
-            continue
-        (Ho, Wo), rows, cols, _ = case
-        if rows is None:
-            tally["too large to run"] += 1
-            continue
+
+    def refused(args, match):
+        with pytest.raises(ValueError, match=match):
+            F.max_pool2d(x, **args)
+
+    def make_args(k, s, p, d):
+        return dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
+
+    for (k, s, p, d), args, _, rows, cols in sweep(pool_grid(), ceil_mode, tally, make_args, refused):
         y, idx = F.max_pool2d(x, return_indices=True, **args)
         want_y, want_idx = max_pool_oracle(x, rows, cols)
         np.testing.assert_array_equal(y, want_y, err_msg=str(args))
@@ -365,25 +364,18 @@ def test_avg_pool2d_sweep_of_huge_kernel_stride_padding(ceil_mode, count_include
     rng = np.random.default_rng(8)
     x = rng.standard_normal((1, 2, 5, 4))
     tally = {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
-    seen = set()
-    for k, s, p, _ in pool_grid():
-        if (k, s, p) in seen:
-            continue
-        seen.add((k, s, p))
-        case = pool_case(5, 4, k, s, p, 1, ceil_mode)
-        args = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
-                    count_include_pad=count_include_pad)
-        if case is None or case[3] is not None:
-            with pytest.raises(ValueError, match=case[3] if case else None):
-                F.avg_pool2d(x, **args)
-            with pytest.raises(ValueError, match=case[3] if case else None):
-                F.avg_pool2d_backward(np.ones((1, 2, 1, 1)), x.shape, **args)
-            tally["refused"] += 1
-            continue
-        (Ho, Wo), rows, cols, _ = case
-        if rows is None:
-            tally["too large to run"] += 1
-            continue
+
+    def refused(args, match):
+        with pytest.raises(ValueError, match=match):
+            F.avg_pool2d(x, **args)
+        with pytest.raises(ValueError, match=match):
+            F.avg_pool2d_backward(np.ones((1, 2, 1, 1)), x.shape, **args)
+
+    def make_args(k, s, p, d):
+        return dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+
+    grid = dict.fromkeys((k, s, p, 1) for k, s, p, _ in pool_grid())  # no dilation: each (k, s, p) once
+    for (k, s, p, _), args, (Ho, Wo), rows, cols in sweep(grid, ceil_mode, tally, make_args, refused):
         div = avg_divisors(5, 4, k, s, p, count_include_pad, Ho, Wo)
         want = np.empty((1, 2, Ho, Wo))
         g = rng.standard_normal(want.shape)
