@@ -71,10 +71,8 @@ def _child(env_value):
 
 @pytest.fixture(scope="module")
 def expected():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 16, 24, 24))
-    w = rng.standard_normal((8, 16, 3, 3))
-    p = rng.standard_normal((4, 16, 64, 64))
+    rng = np.random.default_rng(0)  # the child's inputs, drawn in the child's order
+    x, w, p = (rng.standard_normal(shape) for shape in ((4, 16, 24, 24), (8, 16, 3, 3), (4, 16, 64, 64)))
     y = oracle.conv2d(x, w, padding=1)
     gx, gw, _ = oracle.conv2d_backward(y, x, w, padding=1)
     return {"conv": y, "gx": gx, "gw": gw, "max": oracle.max_pool2d(p, 3, 1, 1)[0],
