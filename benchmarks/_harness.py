@@ -94,10 +94,11 @@ class Threads:
 # --------------------------------------------------------------------------------------------------
 # Timing and memory
 # --------------------------------------------------------------------------------------------------
-def time_round_robin(fns, reps, warmup=1, inner=None):
+def time_round_robin(fns, reps, warmup=1, inner=None, before=None):
     """Median-ready samples: ``{name: [seconds per call, ...]}`` over ``reps`` alternating rounds.
 
     ``inner[name]`` calls are made per round for very fast contenders (the sample is their mean).
+    ``before()``, when given, runs untimed before each timed call (to flush the caches, say).
     """
     inner = inner or {}
     for fn in fns.values():
@@ -111,6 +112,8 @@ def time_round_robin(fns, reps, warmup=1, inner=None):
         for _ in range(reps):
             for name, fn in fns.items():
                 k = inner.get(name, 1)
+                if before is not None:
+                    before()
                 t0 = time.perf_counter()
                 for _ in range(k):
                     fn()
@@ -158,6 +161,11 @@ def peak_extra_mib(fn):
     extra = max(0, peak - _owned_bytes(result))
     del result
     return extra / MIB
+
+
+def medians(fns, reps, warmup=1, before=None):
+    """``{name: median seconds per call}`` of ``fns`` timed round-robin."""
+    return {name: statistics.median(s) for name, s in time_round_robin(fns, reps, warmup, before=before).items()}
 
 
 def summarise(samples):
@@ -265,13 +273,14 @@ def cpu_model():
     return platform.processor() or platform.machine() or "unknown"
 
 
-def cpu_flags():
+def cpu_flags(names=("avx2", "fma", "avx512f")):
+    """Which of the CPU feature flags ``names`` this machine has, or None when unknown."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return ", ".join(f for f in ("avx2", "fma", "avx512f") if f in flags) or "none of avx2/fma/avx512f"
+                    return ", ".join(f for f in names if f in flags) or f"none of {'/'.join(names)}"
     except OSError:
         pass
     return None

@@ -42,12 +42,9 @@ def _early_imports(argv):
 if __name__ == "__main__":
     IMPORT_ORDER = _early_imports(sys.argv[1:])
 
-import gc  # noqa: E402
 import pathlib  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -55,8 +52,15 @@ import torch  # noqa: E402
 import cnnext  # noqa: E402
 from cnnext import models, nn, optim  # noqa: E402
 
+from _harness import Libraries, Threads, cpu_flags, cpu_model, log, md_table, medians  # noqa: E402
+from contenders import Gemm  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference" / "torch_models.py"
+
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+LIBS = Libraries(cnnext, torch, None)
 
 
 def load_reference(path):
@@ -66,49 +70,13 @@ def load_reference(path):
     return mod
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+def gemm_rate(reps=5):
+    """numpy's float32 GEMM rate in GFLOP/s (1024x1024 matrices, median of ``reps`` calls)."""
+    gemm = Gemm("float32", quick=False)
+    return gemm.flops / medians({"gemm": gemm}, reps)["gemm"] / 1e9
 
 
 # -- machine ----------------------------------------------------------------------------------
-def cpu_description():
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
-           if f in flags]
-    return model, isa
-
-
-def gemm_rate(threads, reps=5, n=1024):
-    from threadpoolctl import threadpool_limits
-
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    with threadpool_limits(threads, user_api="blas"):
-        a @ a
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            a @ a
-            times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
-
-
-def set_threads(n):
-    from threadpoolctl import threadpool_limits
-
-    cnnext.set_num_threads(n)
-    torch.set_num_threads(n)
-    return threadpool_limits(n, user_api="blas")
-
-
 def busy_load(seconds):
     """One busy Python process pinned to the last core, for at most ``seconds`` (it stops itself)."""
     code = ("import os, time\n"
@@ -213,37 +181,12 @@ def _onnx_session(tmodel, name, onnx_dir):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def round_robin(contenders, reps, warmup=2):
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in contenders}
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(reps):
-            for k, fn in contenders.items():
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
-    finally:
-        if gc_was:
-            gc.enable()
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def table(headers, rows):
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def ratio_row(label, medians, extra, peers):
-    best = min(medians[p] for p in peers if p in medians)
+def ratio_row(label, med, extra, peers):
+    best = min(med[p] for p in peers if p in med)
     row = [label] + extra
     for k in ("cnnext", "torch", "torch-CL", "onnxruntime"):
-        row.append(f"{1e3 * medians[k]:.2f}" if k in medians else "-")
-    row.append(f"{medians['cnnext'] / best:.2f}")
+        row.append(f"{1e3 * med[k]:.2f}" if k in med else "-")
+    row.append(f"{med['cnnext'] / best:.2f}")
     return row
 
 
@@ -352,11 +295,10 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     ref = load_reference(args.reference)
-    cpu, isa = cpu_description()
     loader = busy_load(args.load_seconds) if args.load else None
     onnx_dir = tempfile.mkdtemp(prefix="cnnext-bench-")
-    lines = [f"# cnnext model benchmark\n",
-             f"CPU: {cpu}; SIMD: {', '.join(isa) or 'none of AVX2/AVX-512'}; cores: {os.cpu_count()}; "
+    lines = ["# cnnext model benchmark\n",
+             f"CPU: {cpu_model()}; SIMD: {cpu_flags(ISA_FLAGS) or 'unknown'}; cores: {os.cpu_count()}; "
              f"load average at start: {os.getloadavg()[0]:.2f}; busy process: {'yes' if loader else 'no'}; "
              f"import order: {','.join(globals().get('IMPORT_ORDER', _ORDER_DEFAULT.split(',')))}; "
              f"cnnext {cnnext.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
@@ -364,46 +306,47 @@ def main(argv=None):
              f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', 'unset')}\n"]
     try:
         for threads in args.threads:
-            limiter = set_threads(threads)
-            _ORT_THREADS[0] = threads
-            rate = gemm_rate(threads)
-            lines.append(f"\n## {threads} thread(s), float32 (numpy GEMM {rate:.0f} GFLOP/s)\n")
-            train_rows, infer_rows, lat_rows = [], [], []
-            for name in args.models:
-                log(f"{threads} thr: {name} train step")
-                med = round_robin(train_steps(ref, name, args.train_batch), args.reps)
-                train_rows.append(ratio_row(name, med, [], ("torch", "torch-CL")))
-                log(f"{threads} thr: {name} inference")
-                med = round_robin(infer_fns(ref, name, args.infer_batch, onnx_dir), max(3, args.reps // 2))
-                row = ratio_row(name, med, [f"{args.infer_batch / med['cnnext']:.0f}"], ("torch", "torch-CL"))
-                row.append(f"{med['cnnext'] / med['onnxruntime']:.2f}" if "onnxruntime" in med else "-")
-                infer_rows.append(row)
-                med = round_robin(infer_fns(ref, name, 1, onnx_dir), args.reps * 4)
-                row = ratio_row(name, med, [], ("torch", "torch-CL"))
-                row.append(f"{med['cnnext'] / med['onnxruntime']:.2f}" if "onnxruntime" in med else "-")
-                lat_rows.append(row)
-            cols = ["cnnext ms", "torch ms", "torch-CL ms", "ORT ms"]
-            lines.append(f"### Training step (batch {args.train_batch}, SGD momentum)\n")
-            lines.append(table(["model"] + cols + ["cnnext / best torch"], train_rows))
-            lines.append(f"\n### Inference, batch {args.infer_batch}\n")
-            lines.append(table(["model", "cnnext img/s"] + cols + ["cnnext / best torch", "cnnext / ORT"],
-                               infer_rows))
-            lines.append("\n### Inference latency, batch 1\n")
-            lines.append(table(["model"] + cols + ["cnnext / best torch", "cnnext / ORT"], lat_rows))
-            if args.layers:
-                rows = []
-                for (kind, cfg, shape), (name, m) in layer_shapes(args.models, args.train_batch).items():
-                    fwd, both = layer_contenders(kind, m, shape)
-                    f = round_robin(fwd, args.reps)
-                    fb = round_robin(both, args.reps)
-                    rows.append(ratio_row(f"{name} {kind}({cfg}) {shape}", f, [], ("torch", "torch-CL"))[:1]
-                                + [f"{1e3 * f['cnnext']:.2f}", f"{f['cnnext'] / min(f['torch'], f['torch-CL']):.2f}",
-                                   f"{1e3 * fb['cnnext']:.2f}",
-                                   f"{fb['cnnext'] / min(fb['torch'], fb['torch-CL']):.2f}"])
-                lines.append(f"\n### Per layer (batch {args.train_batch})\n")
-                lines.append(table(["layer", "fwd ms", "fwd / best torch", "fwd+bwd ms", "fwd+bwd / best torch"],
-                                   rows))
-            limiter.restore_original_limits()
+            with Threads(threads, LIBS):
+                _ORT_THREADS[0] = threads
+                rate = gemm_rate()
+                lines.append(f"\n## {threads} thread(s), float32 (numpy GEMM {rate:.0f} GFLOP/s)\n")
+                train_rows, infer_rows, lat_rows = [], [], []
+                for name in args.models:
+                    log(f"{threads} thr: {name} train step")
+                    med = medians(train_steps(ref, name, args.train_batch), args.reps, warmup=2)
+                    train_rows.append(ratio_row(name, med, [], ("torch", "torch-CL")))
+                    log(f"{threads} thr: {name} inference")
+                    med = medians(infer_fns(ref, name, args.infer_batch, onnx_dir), max(3, args.reps // 2),
+                                  warmup=2)
+                    row = ratio_row(name, med, [f"{args.infer_batch / med['cnnext']:.0f}"], ("torch", "torch-CL"))
+                    row.append(f"{med['cnnext'] / med['onnxruntime']:.2f}" if "onnxruntime" in med else "-")
+                    infer_rows.append(row)
+                    med = medians(infer_fns(ref, name, 1, onnx_dir), args.reps * 4, warmup=2)
+                    row = ratio_row(name, med, [], ("torch", "torch-CL"))
+                    row.append(f"{med['cnnext'] / med['onnxruntime']:.2f}" if "onnxruntime" in med else "-")
+                    lat_rows.append(row)
+                cols = ["cnnext ms", "torch ms", "torch-CL ms", "ORT ms"]
+                lines.append(f"### Training step (batch {args.train_batch}, SGD momentum)\n")
+                lines.append(md_table(["model"] + cols + ["cnnext / best torch"], train_rows))
+                lines.append(f"\n### Inference, batch {args.infer_batch}\n")
+                lines.append(md_table(["model", "cnnext img/s"] + cols + ["cnnext / best torch", "cnnext / ORT"],
+                                      infer_rows))
+                lines.append("\n### Inference latency, batch 1\n")
+                lines.append(md_table(["model"] + cols + ["cnnext / best torch", "cnnext / ORT"], lat_rows))
+                if args.layers:
+                    rows = []
+                    for (kind, cfg, shape), (name, m) in layer_shapes(args.models, args.train_batch).items():
+                        fwd, both = layer_contenders(kind, m, shape)
+                        f = medians(fwd, args.reps, warmup=2)
+                        fb = medians(both, args.reps, warmup=2)
+                        rows.append(ratio_row(f"{name} {kind}({cfg}) {shape}", f, [], ("torch", "torch-CL"))[:1]
+                                    + [f"{1e3 * f['cnnext']:.2f}",
+                                       f"{f['cnnext'] / min(f['torch'], f['torch-CL']):.2f}",
+                                       f"{1e3 * fb['cnnext']:.2f}",
+                                       f"{fb['cnnext'] / min(fb['torch'], fb['torch-CL']):.2f}"])
+                    lines.append(f"\n### Per layer (batch {args.train_batch})\n")
+                    lines.append(md_table(["layer", "fwd ms", "fwd / best torch", "fwd+bwd ms",
+                                           "fwd+bwd / best torch"], rows))
     finally:
         if loader is not None:
             loader.kill()

@@ -13,14 +13,14 @@ Usage: python benchmarks/bench_norm.py [--reps 20] [--threads 1,2] [--dtype floa
        [--shapes 64x16x32x32,64x64x8x8,64x64x32x32] [--no-torch] [--quick]
 """
 import argparse
-import statistics
 import sys
-import time
 
 import numpy as np
 
 import cnnext  # first: it sets the OpenMP wait policy before another runtime is loaded
 from cnnext.functional.normalization import _batch_norm_backward, _batch_norm_forward
+
+from _harness import Libraries, Threads, cpu_model, loadavg_text, medians
 
 DEFAULT_SHAPES = "64x16x32x32,64x64x8x8,64x64x32x32"  # resnet20 stages 1 and 3, the issue's check
 
@@ -35,27 +35,15 @@ def _parse_shape(text):
 _FLUSH = None
 
 
-def _timed(fn, cold):
-    if cold:
-        _FLUSH.sum()  # evict the data of earlier calls from the caches
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def _measure(ours, theirs, reps, cold):
-    """Median ms of each (theirs may be None): interleaved calls when cold, blocks when warm."""
-    mine, other = [], []
+    """Median ms of each (theirs may be None): alternating calls, each after reading a 64 MiB array
+    (evicting the data of earlier calls from the caches), when cold; a block of calls each when warm."""
+    fns = {"cnnext": ours, **({"torch": theirs} if theirs else {})}
     if cold:
-        for _ in range(reps):
-            mine.append(_timed(ours, True))
-            if theirs:
-                other.append(_timed(theirs, True))
+        med = medians(fns, reps, warmup=0, before=_FLUSH.sum)
     else:
-        mine = [_timed(ours, False) for _ in range(reps)]
-        if theirs:
-            other = [_timed(theirs, False) for _ in range(reps)]
-    return statistics.median(mine), (statistics.median(other) if theirs else None)
+        med = {name: medians({name: fn}, reps, warmup=0)[name] for name, fn in fns.items()}
+    return med["cnnext"] * 1e3, (med["torch"] * 1e3 if theirs else None)
 
 
 def _cases(shape, dtype, rng, torch):
@@ -122,7 +110,8 @@ def main(argv=None):
     global _FLUSH
     _FLUSH = np.ones(2**23)  # 64 MiB
     print("# cnnext batch_norm benchmark")
-    print(f"cnnext {cnnext.__version__}" + (f", torch {torch.__version__}" if torch else "")
+    print(f"{cpu_model()}, load average {loadavg_text()}; cnnext {cnnext.__version__}"
+          + (f", torch {torch.__version__}" if torch else "")
           + f", {args.reps} repetitions, medians in ms, "
           + ("warm caches" if args.warm else "caches flushed before every call"))
     print()
@@ -131,27 +120,25 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     for shape in shapes:
         for n in threads:
-            cnnext.set_num_threads(n)
-            if torch is not None:
-                torch.set_num_threads(n)
-            ours, theirs, agree = _cases(shape, dtype, rng, torch)
-            if agree is not None:
-                err = agree()
-                tol = 1e-4 if dtype == np.float32 else 1e-10
-                if not err < tol:
-                    print(f"MISMATCH {shape} {n} threads: relative difference {err:.2e}")
-            for name in ("fwd", "bwd", "fwd+bwd"):
-                ours[name]()  # warm-up
-                if theirs:
-                    theirs[name]()
-                a, t = _measure(ours[name], theirs[name] if theirs else None, args.reps,
-                                not args.warm)
-                if theirs:
-                    tail = f"{t:.3f} | {a / t:.2f} |"
-                else:
-                    tail = "- | - |"
-                print(f"| {'x'.join(map(str, shape))} | {dtype.name} | {n} | {name} | {a:.3f} | {tail}",
-                      flush=True)
+            with Threads(n, Libraries(cnnext, torch, None)):
+                ours, theirs, agree = _cases(shape, dtype, rng, torch)
+                if agree is not None:
+                    err = agree()
+                    tol = 1e-4 if dtype == np.float32 else 1e-10
+                    if not err < tol:
+                        print(f"MISMATCH {shape} {n} threads: relative difference {err:.2e}")
+                for name in ("fwd", "bwd", "fwd+bwd"):
+                    ours[name]()  # warm-up
+                    if theirs:
+                        theirs[name]()
+                    a, t = _measure(ours[name], theirs[name] if theirs else None, args.reps,
+                                    not args.warm)
+                    if theirs:
+                        tail = f"{t:.3f} | {a / t:.2f} |"
+                    else:
+                        tail = "- | - |"
+                    print(f"| {'x'.join(map(str, shape))} | {dtype.name} | {n} | {name} | {a:.3f} | {tail}",
+                          flush=True)
 
 
 if __name__ == "__main__":
