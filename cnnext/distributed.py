@@ -159,11 +159,12 @@ def _agree(comm, func, operation, count, digest, details, error=None, extra=0, e
             raise error
         return
     MPI = _mpi()
-    head = np.array([operation, error is not None, count, digest, extra], dtype=np.int64)
-    buf = np.concatenate([head, -head])
+    head = [operation, int(error is not None), count, digest, extra]
+    buf = np.array(head + [-v for v in head], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MIN)
-    if buf[1] == 0 and np.array_equal(buf[:_HEADER], -buf[_HEADER:]):
-        return  # every field is the same on every rank
+    low = buf.tolist()
+    if low[1] == 0 and low[:_HEADER] == [-v for v in low[_HEADER:]]:
+        return  # min == max for every field: the same on every rank
     # Every rank got the same minima and maxima, so every rank is here: one more collective is safe.
     try:
         mine = dict(details())
@@ -591,12 +592,12 @@ class DistributedDataParallel(Module):
 
     # -- setup ------------------------------------------------------------------------------
     def _layout_key(self):
-        return tuple((id(p), p.data.shape, p.data.dtype.str) for p in self.module.parameters())
+        return tuple((id(p), p.data.shape, p.data.dtype) for p in self.module.parameters())
 
     def _build_buckets(self, func):
         self._layout = None  # until the new buckets are complete: a failure rebuilds next time
         named = list(self.module.named_parameters())
-        key = tuple((id(p), p.data.shape, p.data.dtype.str) for _, p in named)
+        key = tuple((id(p), p.data.shape, p.data.dtype) for _, p in named)
         # Reverse registration order: the last layers' gradients come first in backward.
         rev = named[::-1]
         buckets = []
