@@ -31,6 +31,9 @@ __all__ = [
     "check_choice",
     "check_dtype",
     "check_rng",
+    "check_conv_padding",
+    "check_input_shape",
+    "result_dtype",
 ]
 
 # Naming convention for every check here: ``check_x(value, name, func, ...)`` where ``name`` is the
@@ -44,8 +47,12 @@ def _describe(x):
     return f"{type(x).__name__} {x!r}"
 
 
-def result_dtype(x, func, name):
-    """Return the float dtype a computation on array ``x`` runs in (float32 or float64)."""
+def result_dtype(x, name, func):
+    """Return the float dtype a computation on array ``x`` runs in (float32 or float64).
+
+    Integer and bool arrays compute in float64; float16, complex, object and other dtypes raise
+    TypeError naming ``name`` and ``func``.
+    """
     dt = x.dtype
     if dt == np.float32 or dt == np.float64:
         return dt
@@ -85,7 +92,7 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{func}: {name} must be array_like of numbers ({exc})") from None
     try:
-        target = result_dtype(x, func, name)
+        target = result_dtype(x, name, func)
     except TypeError as exc:
         if orig is not x:  # the caller passed a non-array: show what it was
             raise TypeError(f"{exc} (from {reprlib.repr(orig)})") from None
@@ -149,9 +156,10 @@ def pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
 
 
 def check_bool(value, name, func):
-    """Raise TypeError unless ``value`` is a bool (Python or numpy)."""
+    """Return ``value`` as a Python bool; TypeError unless it is a bool (Python or numpy)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{func}: {name} must be a bool, got {_describe(value)}")
+    return bool(value)
 
 
 def check_int(value, name, func, minimum=None, maximum=None):
@@ -166,9 +174,12 @@ def check_int(value, name, func, minimum=None, maximum=None):
     minimum, maximum : int, optional
         Inclusive bounds.
     """
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{func}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        value = operator.index(value)  # also refuses float arrays and arrays of several ints
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be an int, got {_describe(value)}") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         if maximum is None:
             raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
@@ -194,7 +205,7 @@ def check_float(value, name, func, minimum=None, maximum=None, open_min=False, o
         Refuse inf and NaN (NaN is always refused).
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{func}: {name} must be a real number, got {_describe(value)}")
     v = float(value)
     if math.isnan(v) or (finite and math.isinf(v)):
         raise ValueError(f"{func}: {name} must be finite, got {value!r}")
@@ -290,17 +301,29 @@ class ConvGeometry:
                 and self.pt == self.pb == self.pl == self.pr == 0)
 
 
-def _conv_padding(padding, kh, kw, dh, dw, stride, func):
+def check_conv_padding(padding, stride, func):
+    """Return a convolution's ``padding`` as 'valid', 'same' or an (h, w) pair of ints >= 0.
+
+    ``stride`` is the normalised (h, w) stride: 'same' needs stride 1.
+    """
     if isinstance(padding, str):
-        if padding == "valid":
-            return 0, 0, 0, 0
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"{func}: padding='same' needs stride 1, got stride={stride}")
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            return th // 2, th - th // 2, tw // 2, tw - tw // 2
-        raise ValueError(f"{func}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = to_pair(padding, "padding", func, minimum=0)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{func}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if padding == "same" and tuple(stride) != (1, 1):
+            raise ValueError(f"{func}: padding='same' needs stride 1, got stride={tuple(stride)}")
+        return padding
+    return to_pair(padding, "padding", func, minimum=0)
+
+
+def _conv_padding(padding, kh, kw, dh, dw, stride, func):
+    """(top, bottom, left, right) padding amounts of a checked convolution."""
+    padding = check_conv_padding(padding, stride, func)
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = padding
     return ph, ph, pw, pw
 
 
@@ -317,11 +340,7 @@ def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
     if min(x.shape[1:]) < 1:
         raise ValueError(f"{func}: input's channel and spatial sizes must be >= 1, got shape {x.shape}")
     weight = as_float_array(weight, "weight", func, ndims=(4,), dtype=x.dtype)
-    if isinstance(groups, (bool, np.bool_)) or not hasattr(groups, "__index__"):
-        raise TypeError(f"{func}: groups must be an int, got {_describe(groups)}")
-    groups = operator.index(groups)
-    if groups < 1:
-        raise ValueError(f"{func}: groups must be >= 1, got {groups}")
+    groups = check_int(groups, "groups", func, minimum=1)
     N, C, H, W = x.shape
     K, Cg, kh, kw = weight.shape
     if C % groups:
@@ -428,7 +447,7 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
     return PoolGeometry(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
 
 
-def check_input_shape(input_shape, func, name="input_shape"):
+def check_input_shape(input_shape, name, func):
     """Normalise an (N, C, H, W) or (C, H, W) shape; return (shape4, unbatched)."""
     try:
         shape = tuple(operator.index(s) for s in input_shape)

@@ -23,6 +23,7 @@ import numpy as np
 
 from cnnext._version import __version__
 from cnnext import nn
+from cnnext._validation import check_bool
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -70,6 +71,8 @@ def save(model, path, metadata=None):
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnext.save: model must be a cnnext.nn.Module, got {type(model).__name__}")
+    if metadata is not None and not isinstance(metadata, dict):  # load() reads back an object only
+        raise TypeError(f"cnnext.save: metadata must be a dict or None, got {type(metadata).__name__}")
     path = os.fspath(path)
     meta = {
         "format": _FORMAT_NAME,
@@ -196,6 +199,7 @@ def load(path, return_metadata=False):
         When the file is not a valid cnnext model (truncated, wrong version, wrong keys or shapes,
         pickled objects ...).
     """
+    return_metadata = check_bool(return_metadata, "return_metadata", "cnnext.load")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"cnnext.load: no such file: {path!r}")

@@ -4,11 +4,16 @@
 row maximum before exponentiating, so it neither overflows nor loses the small probabilities. Each loss
 has a ``*_backward`` function giving the gradient with respect to its first argument.
 """
-import operator
-
 import numpy as np
 
-from cnnext._validation import as_float_array, check_shape
+from cnnext._validation import (
+    as_float_array,
+    check_choice,
+    check_float,
+    check_int,
+    check_rng,
+    check_shape,
+)
 
 __all__ = [
     "log_softmax",
@@ -25,12 +30,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _axis(dim, ndim, func):
-    if isinstance(dim, (bool, np.bool_)) or not hasattr(dim, "__index__"):
-        raise TypeError(f"{func}: dim must be an int, got {type(dim).__name__} {dim!r}")
-    dim = operator.index(dim)
-    if not -ndim <= dim < ndim:
-        raise ValueError(f"{func}: dim must be in [{-ndim}, {ndim}) for a {ndim}-D input, got {dim}")
-    return dim % ndim
+    """``dim`` as an axis index in [0, ndim) (negative values count from the end)."""
+    return check_int(dim, "dim", func, minimum=-ndim, maximum=ndim - 1) % ndim
 
 
 def log_softmax(input, dim=1):
@@ -65,15 +66,9 @@ def softmax(input, dim=1):
     return e
 
 
-def _reduction(reduction, func):
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{func}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return reduction
-
-
 def _check_ce(func, input, target, reduction):
     x = as_float_array(input, "input", func, ndims=(2,))
-    _reduction(reduction, func)
+    check_choice(reduction, "reduction", func, _REDUCTIONS)
     t = np.asarray(target)
     if t.dtype.kind not in "iu":
         raise TypeError(
@@ -161,7 +156,7 @@ def _check_mse(func, input, target, reduction):
     x = as_float_array(input, "input", func, ndims=tuple(range(0, 33)))
     t = as_float_array(target, "target", func, ndims=tuple(range(0, 33)), dtype=x.dtype)
     check_shape(t, x.shape, "target", func)
-    _reduction(reduction, func)
+    check_choice(reduction, "reduction", func, _REDUCTIONS)
     return x, t
 
 
@@ -215,8 +210,8 @@ def dropout(input, p=0.5, training=True, rng=None, return_mask=False):
         Probability of zeroing an element.
     training : bool
         When False the input is returned unchanged (and the mask is all ones).
-    rng : numpy.random.Generator, optional
-        Source of randomness; a new unseeded Generator by default.
+    rng : numpy.random.Generator or int, optional
+        Source of randomness (an int seeds a new Generator); a new unseeded Generator by default.
     return_mask : bool
         Also return the scaled mask that ``dropout_backward`` needs.
 
@@ -228,16 +223,13 @@ def dropout(input, p=0.5, training=True, rng=None, return_mask=False):
     """
     func = "dropout"
     x = as_float_array(input, "input", func, ndims=tuple(range(0, 33)))
-    p = _check_p(p, func)
+    p = check_float(p, "p", func, minimum=0, maximum=1)
     if not training or p == 0:
         mask = np.ones_like(x)
     elif p == 1:
         mask = np.zeros_like(x)
     else:
-        if rng is None:
-            rng = np.random.default_rng()
-        elif not isinstance(rng, np.random.Generator):
-            raise TypeError(f"{func}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        rng = check_rng(rng, "rng", func)
         keep = rng.random(x.shape, dtype=np.float64) >= p
         mask = keep.astype(x.dtype)
         mask *= x.dtype.type(1.0 / (1.0 - p))
@@ -253,12 +245,3 @@ def dropout_backward(grad_output, mask):
     check_shape(m, gy.shape, "mask", func)
     return gy * m
 
-
-def _check_p(p, func):
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        raise TypeError(f"{func}: p must be a float in [0, 1], got {type(p).__name__} {p!r}") from None
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{func}: p must be in [0, 1], got {p}")
-    return p

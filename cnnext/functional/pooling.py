@@ -83,7 +83,7 @@ def max_pool2d_backward(grad_output, indices, input_shape):
         Every output gradient added at its index, so overlapping windows accumulate.
     """
     func = "max_pool2d_backward"
-    shape, unbatched = check_input_shape(input_shape, func)
+    shape, unbatched = check_input_shape(input_shape, "input_shape", func)
     nd = (3,) if unbatched else (4,)
     gy = as_float_array(grad_output, "grad_output", func, ndims=nd)
     idx = np.asarray(indices)
@@ -167,7 +167,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     """
     func = "avg_pool2d_backward"
     check_bool(count_include_pad, "count_include_pad", func)
-    shape, unbatched = check_input_shape(input_shape, func)
+    shape, unbatched = check_input_shape(input_shape, "input_shape", func)
     gy = as_float_array(grad_output, "grad_output", func, ndims=(3,) if unbatched else (4,))
     g = check_pool2d(func, shape, kernel_size, stride, padding, 1, ceil_mode)
     check_shape(gy, g.output_shape[1:] if unbatched else g.output_shape, "grad_output", func)

@@ -30,14 +30,14 @@ max-pool backward with overlapping windows (the gradients now accumulate instead
 other); no debug prints. Arguments are checked at construction and shapes at every call.
 """
 import collections.abc
-import numbers
-import operator
 
 import numpy as np
 
 from cnnext._validation import (
     as_float_array,
     check_conv2d,
+    check_float,
+    check_int,
     check_shape,
     conv_output_size,
     result_dtype,
@@ -63,26 +63,6 @@ _DTYPE = np.dtype(np.float64)
 
 # --------------------------------------------------------------------------- argument checks
 
-def _int_arg(value, name, func, minimum):
-    """Return ``value`` as a Python int >= ``minimum``; TypeError/ValueError naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{func}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
-    if value < minimum:
-        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _real_arg(value, name, func):
-    """Return ``value`` as a finite Python float; TypeError/ValueError naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{func}: {name} must be finite, got {value}")
-    return value
-
-
 def _check_activator(activator, name, func):
     if isinstance(activator, type):
         raise TypeError(
@@ -105,7 +85,7 @@ def _to_array(x, name, func):
             x = np.asarray(x)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{func}: {name} must be array_like of numbers ({exc})") from None
-    result_dtype(x, func, name)
+    result_dtype(x, name, func)
     return x
 
 
@@ -217,7 +197,7 @@ def padding(input_array, zp):
         A new float array (float64 for integer input).
     """
     func = "padding"
-    zp = _int_arg(zp, "zp", func, 0)
+    zp = check_int(zp, "zp", func, minimum=0)
     if zp == 0:
         return input_array
     x = as_float_array(input_array, "input_array", func, ndims=(2, 3, 4))
@@ -237,11 +217,11 @@ def get_patch(input_array, i, j, filter_width, filter_height, stride):
     arr = input_array if isinstance(input_array, np.ndarray) else np.asarray(input_array)
     if arr.ndim < 2:
         raise ValueError(f"{func}: input_array must be 2-D (H, W) or 3-D (C, H, W), got shape {arr.shape}")
-    i = _int_arg(i, "i", func, 0)
-    j = _int_arg(j, "j", func, 0)
-    fw = _int_arg(filter_width, "filter_width", func, 1)
-    fh = _int_arg(filter_height, "filter_height", func, 1)
-    s = _int_arg(stride, "stride", func, 1)
+    i = check_int(i, "i", func, minimum=0)
+    j = check_int(j, "j", func, minimum=0)
+    fw = check_int(filter_width, "filter_width", func, minimum=1)
+    fh = check_int(filter_height, "filter_height", func, minimum=1)
+    s = check_int(stride, "stride", func, minimum=1)
     return arr[..., i * s: i * s + fh, j * s: j * s + fw]
 
 
@@ -265,7 +245,7 @@ def conv(input_array, kernel_array, output_array, stride, bias):
     func = "conv"
     x = as_float_array(input_array, "input_array", func, ndims=(2, 3))
     k = as_float_array(kernel_array, "kernel_array", func, ndims=(2, 3), dtype=x.dtype)
-    stride = _int_arg(stride, "stride", func, 1)
+    stride = check_int(stride, "stride", func, minimum=1)
     if not isinstance(output_array, np.ndarray):
         raise TypeError(f"{func}: output_array must be a numpy array to write into, "
                         f"got {type(output_array).__name__}")
@@ -316,9 +296,9 @@ class Filter:
 
     def __init__(self, width, height, depth):
         func = "Filter"
-        width = _int_arg(width, "width", func, 1)
-        height = _int_arg(height, "height", func, 1)
-        depth = _int_arg(depth, "depth", func, 1)
+        width = check_int(width, "width", func, minimum=1)
+        height = check_int(height, "height", func, minimum=1)
+        depth = check_int(depth, "depth", func, minimum=1)
         self._weights = np.random.uniform(-1e-4, 1e-4, (depth, height, width))
         self._bias = np.zeros((), dtype=_DTYPE)
         self._weights_grad = np.zeros((depth, height, width), dtype=_DTYPE)
@@ -411,7 +391,7 @@ class Filter:
 
     def update(self, learning_rate):
         """One gradient-descent step: ``weights -= learning_rate * weights_grad``, same for the bias."""
-        lr = _real_arg(learning_rate, "learning_rate", "Filter.update")
+        lr = check_float(learning_rate, "learning_rate", "Filter.update")
         self._weights -= lr * self._weights_grad
         self._bias -= lr * self._bias_grad
 
@@ -491,16 +471,16 @@ class ConvLayer:
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  filter_number, zero_padding, stride, activator, learning_rate):
         func = "ConvLayer"
-        self.input_width = _int_arg(input_width, "input_width", func, 1)
-        self.input_height = _int_arg(input_height, "input_height", func, 1)
-        self.channel_number = _int_arg(channel_number, "channel_number", func, 1)
-        self.filter_width = _int_arg(filter_width, "filter_width", func, 1)
-        self.filter_height = _int_arg(filter_height, "filter_height", func, 1)
-        self.filter_number = _int_arg(filter_number, "filter_number", func, 1)
-        self.zero_padding = _int_arg(zero_padding, "zero_padding", func, 0)
-        self.stride = _int_arg(stride, "stride", func, 1)
+        self.input_width = check_int(input_width, "input_width", func, minimum=1)
+        self.input_height = check_int(input_height, "input_height", func, minimum=1)
+        self.channel_number = check_int(channel_number, "channel_number", func, minimum=1)
+        self.filter_width = check_int(filter_width, "filter_width", func, minimum=1)
+        self.filter_height = check_int(filter_height, "filter_height", func, minimum=1)
+        self.filter_number = check_int(filter_number, "filter_number", func, minimum=1)
+        self.zero_padding = check_int(zero_padding, "zero_padding", func, minimum=0)
+        self.stride = check_int(stride, "stride", func, minimum=1)
         self.activator = _check_activator(activator, "activator", func)
-        self.learning_rate = _real_arg(learning_rate, "learning_rate", func)
+        self.learning_rate = check_float(learning_rate, "learning_rate", func)
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
                                   ("height", self.input_height, self.filter_height)):
             if fsize > size + 2 * self.zero_padding:
@@ -652,7 +632,7 @@ class ConvLayer:
 
     def update(self):
         """One gradient-descent step on all filters with ``learning_rate``."""
-        lr = _real_arg(self.learning_rate, "learning_rate", "ConvLayer.update")
+        lr = check_float(self.learning_rate, "learning_rate", "ConvLayer.update")
         self._weights -= lr * self._weights_grad
         self._bias -= lr * self._bias_grad
 
@@ -705,12 +685,12 @@ class MaxPoolingLayer:
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  stride):
         func = "MaxPoolingLayer"
-        self.input_width = _int_arg(input_width, "input_width", func, 1)
-        self.input_height = _int_arg(input_height, "input_height", func, 1)
-        self.channel_number = _int_arg(channel_number, "channel_number", func, 1)
-        self.filter_width = _int_arg(filter_width, "filter_width", func, 1)
-        self.filter_height = _int_arg(filter_height, "filter_height", func, 1)
-        self.stride = _int_arg(stride, "stride", func, 1)
+        self.input_width = check_int(input_width, "input_width", func, minimum=1)
+        self.input_height = check_int(input_height, "input_height", func, minimum=1)
+        self.channel_number = check_int(channel_number, "channel_number", func, minimum=1)
+        self.filter_width = check_int(filter_width, "filter_width", func, minimum=1)
+        self.filter_height = check_int(filter_height, "filter_height", func, minimum=1)
+        self.stride = check_int(stride, "stride", func, minimum=1)
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
                                   ("height", self.input_height, self.filter_height)):
             if fsize > size:

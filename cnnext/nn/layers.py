@@ -9,16 +9,19 @@ import math
 import numpy as np
 
 from cnnext import functional as F
-from cnnext._validation import as_float_array, to_pair
-from cnnext.functional import conv as _conv
-from cnnext.nn.module import (
-    Module,
-    Parameter,
-    as_input,
+from cnnext._validation import (
+    as_float_array,
+    check_bool,
+    check_conv_padding,
     check_dtype,
-    check_positive_int,
+    check_float,
+    check_int,
     check_rng,
+    check_shape,
+    to_pair,
 )
+from cnnext.functional import conv as _conv
+from cnnext.nn.module import Module, Parameter
 
 __all__ = [
     "Conv2d",
@@ -31,6 +34,9 @@ __all__ = [
     "Flatten",
     "Dropout",
 ]
+
+
+_ANY_ND = tuple(range(0, 33))
 
 
 def _uniform(rng, bound, shape, dtype):
@@ -66,27 +72,19 @@ class Conv2d(Module):
                  groups=1, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         name = "Conv2d"
-        self.in_channels = check_positive_int(in_channels, "in_channels", name)
-        self.out_channels = check_positive_int(out_channels, "out_channels", name)
-        self.groups = check_positive_int(groups, "groups", name)
+        self.in_channels = check_int(in_channels, "in_channels", name, minimum=1)
+        self.out_channels = check_int(out_channels, "out_channels", name, minimum=1)
+        self.groups = check_int(groups, "groups", name, minimum=1)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"{name}: groups={self.groups} must divide in_channels={self.in_channels} "
                              f"and out_channels={self.out_channels}")
         self.kernel_size = to_pair(kernel_size, "kernel_size", name, minimum=1)
         self.stride = to_pair(stride, "stride", name, minimum=1)
         self.dilation = to_pair(dilation, "dilation", name, minimum=1)
-        if isinstance(padding, str):
-            if padding not in ("valid", "same"):
-                raise ValueError(f"{name}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"{name}: padding='same' needs stride 1, got stride={self.stride}")
-            self.padding = padding
-        else:
-            self.padding = to_pair(padding, "padding", name, minimum=0)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"{name}: bias must be a bool, got {type(bias).__name__} {bias!r}")
-        self.dtype = check_dtype(dtype, name)
-        rng = check_rng(rng, name)
+        self.padding = check_conv_padding(padding, self.stride, name)
+        bias = check_bool(bias, "bias", name)
+        self.dtype = check_dtype(dtype, "dtype", name)
+        rng = check_rng(rng, "rng", name)
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
         bound = 1.0 / math.sqrt(fan_in)
@@ -100,7 +98,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         """Convolve a (N, C, H, W) batch (or one (C, H, W) sample); cache it for backward."""
-        x = as_input(x, "Conv2d", ndims=(3, 4), dtype=self.weight.data.dtype)
+        x = as_float_array(x, "input", "Conv2d", ndims=(3, 4), dtype=self.weight.data.dtype)
         b = self.bias.data if self.bias is not None else None
         y = F.conv2d(x, self.weight.data, b, **self._args())
         self._x = x
@@ -157,12 +155,11 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         name = "Linear"
-        self.in_features = check_positive_int(in_features, "in_features", name)
-        self.out_features = check_positive_int(out_features, "out_features", name)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"{name}: bias must be a bool, got {type(bias).__name__} {bias!r}")
-        self.dtype = check_dtype(dtype, name)
-        rng = check_rng(rng, name)
+        self.in_features = check_int(in_features, "in_features", name, minimum=1)
+        self.out_features = check_int(out_features, "out_features", name, minimum=1)
+        bias = check_bool(bias, "bias", name)
+        self.dtype = check_dtype(dtype, "dtype", name)
+        rng = check_rng(rng, "rng", name)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform(rng, bound, (self.out_features, self.in_features), self.dtype))
         self.bias = Parameter(_uniform(rng, bound, (self.out_features,), self.dtype)) if bias else None
@@ -170,7 +167,7 @@ class Linear(Module):
 
     def forward(self, x):
         """Apply the affine map to a (*, in_features) array; cache it for backward."""
-        x = as_input(x, "Linear", ndims=tuple(range(1, 33)), dtype=self.weight.data.dtype)
+        x = as_float_array(x, "input", "Linear", ndims=tuple(range(1, 33)), dtype=self.weight.data.dtype)
         y = F.linear(x, self.weight.data, self.bias.data if self.bias is not None else None)
         self._x = x
         return y
@@ -211,15 +208,13 @@ class MaxPool2d(Module):
         self.stride = self.kernel_size if stride is None else _int_or_pair(stride, "stride", name, 1)
         self.padding = _int_or_pair(padding, "padding", name, 0)
         self.dilation = _int_or_pair(dilation, "dilation", name, 1)
-        if not isinstance(ceil_mode, (bool, np.bool_)):
-            raise TypeError(f"{name}: ceil_mode must be a bool, got {ceil_mode!r}")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode", name)
         self._indices = None
         self._shape = None
 
     def forward(self, x):
         """Pool a (N, C, H, W) batch; cache the argmax indices."""
-        x = as_input(x, "MaxPool2d", ndims=(3, 4))
+        x = as_float_array(x, "input", "MaxPool2d", ndims=(3, 4))
         y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                               self.ceil_mode, return_indices=True)
         self._indices, self._shape = idx, x.shape
@@ -258,11 +253,8 @@ class AvgPool2d(Module):
         self.kernel_size = _int_or_pair(kernel_size, "kernel_size", name, 1)
         self.stride = self.kernel_size if stride is None else _int_or_pair(stride, "stride", name, 1)
         self.padding = _int_or_pair(padding, "padding", name, 0)
-        for flag, val in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
-            if not isinstance(val, (bool, np.bool_)):
-                raise TypeError(f"{name}: {flag} must be a bool, got {val!r}")
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode", name)
+        self.count_include_pad = check_bool(count_include_pad, "count_include_pad", name)
         self._shape = None
 
     def _args(self):
@@ -270,7 +262,7 @@ class AvgPool2d(Module):
 
     def forward(self, x):
         """Average-pool a (N, C, H, W) batch."""
-        x = as_input(x, "AvgPool2d", ndims=(3, 4))
+        x = as_float_array(x, "input", "AvgPool2d", ndims=(3, 4))
         y = F.avg_pool2d(x, *self._args())
         self._shape = x.shape
         return y
@@ -311,7 +303,7 @@ class _Activation(Module):
 
     def forward(self, x):
         """Apply the activation element-wise; cache the output for backward."""
-        x = as_input(x, type(self).__name__)
+        x = as_float_array(x, "input", type(self).__name__, ndims=_ANY_ND)
         y = type(self)._fn(x)
         self._y = y
         return y
@@ -321,9 +313,7 @@ class _Activation(Module):
         y = self._cached("_y")
         gy = as_float_array(grad_output, "grad_output", f"{type(self).__name__}.backward",
                             ndims=(y.ndim,), dtype=y.dtype)
-        if gy.shape != y.shape:
-            raise ValueError(f"{type(self).__name__}.backward: grad_output must have shape {y.shape}, "
-                             f"got {gy.shape}")
+        check_shape(gy, y.shape, "grad_output", f"{type(self).__name__}.backward")
         return gy * type(self)._deriv(y)
 
     def _config(self):
@@ -356,15 +346,13 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        for n, v in (("start_dim", start_dim), ("end_dim", end_dim)):
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"Flatten: {n} must be an int, got {v!r}")
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.start_dim = check_int(start_dim, "start_dim", "Flatten")
+        self.end_dim = check_int(end_dim, "end_dim", "Flatten")
         self._shape = None
 
     def forward(self, x):
         """Reshape the input; remember its shape for backward."""
-        x = as_input(x, "Flatten")
+        x = as_float_array(x, "input", "Flatten", ndims=_ANY_ND)
         nd = x.ndim
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
@@ -406,20 +394,14 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        try:
-            p = float(p)
-        except (TypeError, ValueError):
-            raise TypeError(f"Dropout: p must be a float in [0, 1], got {p!r}") from None
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = p
-        self.rng = check_rng(rng, "Dropout")
+        self.p = check_float(p, "p", "Dropout", minimum=0, maximum=1)
+        self.rng = check_rng(rng, "rng", "Dropout")
         self._mask = None
         self._identity = False
 
     def forward(self, x):
         """Drop elements at random (training mode) or pass the input through (eval mode)."""
-        x = as_input(x, "Dropout")
+        x = as_float_array(x, "input", "Dropout", ndims=_ANY_ND)
         if not self.training or self.p == 0.0:
             self._mask, self._identity = None, True
             return x

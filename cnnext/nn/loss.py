@@ -1,20 +1,15 @@
 """Loss modules: ``loss = criterion(output, target)`` then ``grad = criterion.backward()``."""
 from cnnext import functional as F
+from cnnext._validation import check_choice
 from cnnext.nn.module import Module
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
 
 
-def _check_reduction(reduction, owner):
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"{owner}: reduction must be 'mean' or 'sum', got {reduction!r}")
-    return reduction
-
-
 class _Loss(Module):
     def __init__(self, reduction="mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction, type(self).__name__)
+        self.reduction = check_choice(reduction, "reduction", type(self).__name__, ("mean", "sum"))
         self._input = None
         self._target = None
 
