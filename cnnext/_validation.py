@@ -17,6 +17,8 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
+    "as_batch",
+    "check_batch_grad",
     "to_pair",
     "conv_output_size",
     "pool_output_size",
@@ -33,6 +35,9 @@ __all__ = [
     "check_rng",
     "check_conv_padding",
     "check_input_shape",
+    "check_linear",
+    "check_cross_entropy",
+    "check_mse",
     "result_dtype",
 ]
 
@@ -68,7 +73,7 @@ def result_dtype(x, name, func):
     )
 
 
-def as_float_array(x, name, func, ndims=(4,), dtype=None):
+def as_float_array(x, name, func, ndims=(4,), dtype=None, shape=None):
     """Return ``x`` as a C-contiguous float array with one of the given numbers of dimensions.
 
     Parameters
@@ -82,6 +87,8 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
     dtype : numpy dtype, optional
         Cast to this dtype (after checking ``x`` is real and numeric). By default the result keeps
         float32/float64 and turns integers and bools into float64.
+    shape : tuple of int, optional
+        The exact shape ``x`` must have (checked after ``ndims``).
     """
     if x is None:
         raise TypeError(f"{func}: {name} must be an array, got None")
@@ -102,7 +109,26 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
     if x.ndim not in ndims:
         want = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{func}: {name} must be {want}, got {x.ndim}-D array of shape {x.shape}")
+    if shape is not None:
+        check_shape(x, shape, name, func)
     return np.ascontiguousarray(x, dtype=target)
+
+
+def as_batch(x, name, func, dtype=None):
+    """Check an (N, C, H, W) batch or one (C, H, W) sample (see ``as_float_array``).
+
+    Returns ``(x4, unbatched)``: the checked array, always 4-D, and whether it was one 3-D sample.
+    """
+    x = as_float_array(x, name, func, ndims=(3, 4), dtype=dtype)
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def check_batch_grad(grad_output, name, func, output_shape, unbatched, dtype=None):
+    """Check a gradient against a forward output of 4-D ``output_shape`` (3-D, without the batch
+    axis, when the forward input was ``unbatched``); return it 4-D."""
+    shape = tuple(output_shape[1:]) if unbatched else tuple(output_shape)
+    gy = as_float_array(grad_output, name, func, ndims=(len(shape),), dtype=dtype, shape=shape)
+    return gy[None] if unbatched else gy
 
 
 def to_pair(value, name, func, minimum=None):
@@ -196,7 +222,7 @@ def check_float(value, name, func, minimum=None, maximum=None, open_min=False, o
     Parameters
     ----------
     value : object
-        A real number (Python or numpy; bools are refused).
+        A real number (Python or numpy, or a 0-d array of one; bools are refused).
     name, func : str
         Argument and caller names for error messages.
     minimum, maximum : float, optional
@@ -204,6 +230,8 @@ def check_float(value, name, func, minimum=None, maximum=None, open_min=False, o
     finite : bool
         Refuse inf and NaN (NaN is always refused).
     """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
         raise TypeError(f"{func}: {name} must be a real number, got {_describe(value)}")
     v = float(value)
@@ -327,16 +355,14 @@ def _conv_padding(padding, kh, kw, dh, dw, stride, func):
     return ph, ph, pw, pw
 
 
-def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
+def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups, dtype=None):
     """Validate conv2d arguments.
 
     Returns ``(x, weight, bias, geometry, unbatched)`` with x always 4-D (N, C, H, W), weight in
     x's dtype, bias in x's dtype or None, and ``unbatched`` True when x was a single (C, H, W) sample.
+    With ``dtype`` (a layer's parameter dtype) x is cast to it first.
     """
-    x = as_float_array(x, "input", func, ndims=(3, 4))
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
+    x, unbatched = as_batch(x, "input", func, dtype=dtype)
     if min(x.shape[1:]) < 1:
         raise ValueError(f"{func}: input's channel and spatial sizes must be >= 1, got shape {x.shape}")
     weight = as_float_array(weight, "weight", func, ndims=(4,), dtype=x.dtype)
@@ -371,6 +397,58 @@ def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
     geo = ConvGeometry(N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups,
                        conv_output_size(H, kh, sh, pt + pb, dh), conv_output_size(W, kw, sw, pl + pr, dw))
     return x, weight, bias, geo, unbatched
+
+
+_ANY_ND = tuple(range(0, 33))
+
+
+def check_linear(func, x, weight, bias=None, dtype=None):
+    """Validate linear (``x @ weight.T + bias``) arguments; return ``(x, weight, bias)``.
+
+    x (*, in_features) is cast to ``dtype`` when given (a layer's parameter dtype), weight
+    (out_features, in_features) and bias (out_features,) or None to x's dtype.
+    """
+    x = as_float_array(x, "input", func, ndims=_ANY_ND[1:], dtype=dtype)
+    w = as_float_array(weight, "weight", func, ndims=(2,), dtype=x.dtype)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"{func}: input's last dimension ({x.shape[-1]}, shape {x.shape}) must equal weight's "
+            f"in_features (weight.shape[1] = {w.shape[1]}, weight shape {w.shape})"
+        )
+    if bias is not None:
+        bias = as_float_array(bias, "bias", func, ndims=(1,), dtype=x.dtype, shape=(w.shape[0],))
+    return x, w, bias
+
+
+def check_cross_entropy(func, input, target):
+    """Validate (N, C) logits and (N,) integer class targets in [0, C); return ``(x, target)``
+    with target as an intp array."""
+    x = as_float_array(input, "input", func, ndims=(2,))
+    t = np.asarray(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(
+            f"{func}: target must hold integer class indices, got dtype {t.dtype} "
+            f"(convert labels with target.astype(np.int64))"
+        )
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{func}: target must be 1-D with one class index per row of input "
+            f"(shape ({x.shape[0]},)), got shape {t.shape}"
+        )
+    n, c = x.shape
+    if n and (t.min() < 0 or t.max() >= c):
+        raise ValueError(
+            f"{func}: target class indices must lie in [0, {c}) for {c} classes, "
+            f"got values from {t.min()} to {t.max()}"
+        )
+    return x, t.astype(np.intp, copy=False)
+
+
+def check_mse(func, input, target):
+    """Validate an input and a target of the same shape (any rank); return them in one float dtype."""
+    x = as_float_array(input, "input", func, ndims=_ANY_ND)
+    t = as_float_array(target, "target", func, ndims=_ANY_ND, dtype=x.dtype, shape=x.shape)
+    return x, t
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,84 @@ def test_dropout_takes_an_int_seed_like_the_layers():
     np.testing.assert_array_equal(y1, y2)
     keep = np.random.default_rng(3).random(x.shape) >= 0.5
     np.testing.assert_array_equal(y1, np.where(keep, 2.0, 0.0))
+
+
+# -- a layer validates its input once per call ------------------------------------------------
+@pytest.fixture
+def checked_names(monkeypatch):
+    """Names of the arrays run through as_float_array (every array check calls result_dtype)."""
+    import cnnext._validation as v
+    names = []
+    real = v.result_dtype
+
+    def spy(x, name, func):
+        names.append(name)
+        return real(x, name, func)
+
+    monkeypatch.setattr(v, "result_dtype", spy)
+    return names
+
+
+def _layers():
+    r = np.random.default_rng(0)
+    img = r.standard_normal((2, 3, 6, 6))
+    return [
+        ("conv", nn.Conv2d(3, 4, 3, padding=1, rng=0), img),
+        ("conv_unbatched", nn.Conv2d(3, 4, 3, rng=0, dtype=np.float64), img[0]),
+        ("linear", nn.Linear(6, 2, rng=0), r.standard_normal((5, 6))),
+        ("maxpool", nn.MaxPool2d(2), img),
+        ("maxpool_unbatched", nn.MaxPool2d(3, 1), img[0]),
+        ("avgpool", nn.AvgPool2d(2, padding=1), img),
+        ("relu", nn.ReLU(), img),
+        ("tanh", nn.Tanh(), r.standard_normal(())),
+        ("dropout", nn.Dropout(0.5, rng=0), img),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_layers())), ids=[c[0] for c in _layers()])
+def test_layers_check_input_once_and_only_grad_output_in_backward(case, checked_names):
+    _, layer, x = _layers()[case]
+    y = layer(x)
+    assert checked_names.count("input") == 1, checked_names
+    checked_names.clear()
+    layer.backward(np.ones(np.shape(y)))
+    assert checked_names == ["grad_output"], checked_names
+
+
+@pytest.mark.parametrize("crit,target", [(nn.CrossEntropyLoss(), np.array([0, 2])),
+                                         (nn.MSELoss(reduction="sum"), np.ones((2, 3)))])
+def test_losses_check_once(crit, target, checked_names):
+    logits = np.array([[1.0, 2.0, 0.5], [0.1, -1.0, 3.0]])
+    crit(logits, target)
+    assert checked_names.count("input") == 1, checked_names
+    checked_names.clear()
+    crit.backward()
+    assert checked_names == [], checked_names
+
+
+def test_layer_errors_name_the_layer_and_backward():
+    conv = nn.Conv2d(3, 4, 3, rng=0)
+    conv(np.zeros((3, 5, 5)))  # one sample: grad_output is then (4, 3, 3)
+    with pytest.raises(ValueError, match=r"^Conv2d.backward: grad_output must be 3-D, got 4-D"):
+        conv.backward(np.zeros((1, 4, 3, 3)))
+    with pytest.raises(ValueError, match=r"^Conv2d.backward: grad_output must have shape \(4, 3, 3\), "
+                                         r"got \(4, 3, 2\)$"):
+        conv.backward(np.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match=r"^Conv2d: weight of shape \(4, 3, 3, 3\) expects 3 input channels"):
+        conv(np.zeros((1, 2, 5, 5)))
+    pool = nn.AvgPool2d(2)
+    pool(np.zeros((1, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"^AvgPool2d.backward: grad_output must have shape \(1, 3, 2, 2\)"):
+        pool.backward(np.zeros((1, 3, 2, 3)))
+    with pytest.raises(ValueError, match=r"^MaxPool2d: input of spatial size \(1, 1\) is too small"):
+        nn.MaxPool2d(2)(np.zeros((1, 1, 1, 1)))
+    lin = nn.Linear(4, 2, rng=0)
+    lin(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"^Linear.backward: grad_output must have shape \(3, 2\), got \(2, 3\)$"):
+        lin.backward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss: target class indices must lie in \[0, 3\)"):
+        nn.CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
+    crit = nn.MSELoss()
+    crit(np.zeros(3), np.ones(3))
+    with pytest.raises(TypeError, match=r"^MSELoss.backward: grad_output must be a real number, got str"):
+        crit.backward("1")

@@ -3,6 +3,12 @@
 Each layer keeps its parameters and what its backward pass needs from the last forward pass (the
 input, the max-pooling indices, the activation output or the dropout mask); every computation is a
 call into ``cnnext.functional``.
+
+A layer validates its input once per call: ``forward`` checks the input (and the geometry, with
+``cnnext._validation``) and ``backward`` checks ``grad_output`` against the cached forward output
+shape; both then call the functional modules' documented already-checked entry points
+(``_conv_dispatch.forward_checked``/``backward_checked``, ``pooling.*_checked``,
+``linear.*_checked``, ``loss.dropout_checked``), which validate nothing again.
 """
 import math
 
@@ -10,17 +16,29 @@ import numpy as np
 
 from cnnext import functional as F
 from cnnext._validation import (
+    as_batch,
     as_float_array,
+    check_batch_grad,
     check_bool,
+    check_conv2d,
     check_conv_padding,
     check_dtype,
     check_float,
     check_int,
+    check_linear,
+    check_pool2d,
     check_rng,
-    check_shape,
     to_pair,
 )
-from cnnext.functional import conv as _conv
+from cnnext.functional import _conv_dispatch
+from cnnext.functional.linear import linear_backward_checked, linear_checked
+from cnnext.functional.loss import dropout_checked
+from cnnext.functional.pooling import (
+    avg_pool2d_backward_checked,
+    avg_pool2d_checked,
+    max_pool2d_backward_checked,
+    max_pool2d_checked,
+)
 from cnnext.nn.module import Module, Parameter
 
 __all__ = [
@@ -93,27 +111,27 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform(rng, bound, (self.out_channels,), self.dtype)) if bias else None
         self._x = None
 
-    def _args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
-
     def forward(self, x):
         """Convolve a (N, C, H, W) batch (or one (C, H, W) sample); cache it for backward."""
-        x = as_float_array(x, "input", "Conv2d", ndims=(3, 4), dtype=self.weight.data.dtype)
+        w = self.weight.data
         b = self.bias.data if self.bias is not None else None
-        y = F.conv2d(x, self.weight.data, b, **self._args())
-        self._x = x
-        return y
+        x, w, b, g, unbatched = check_conv2d("Conv2d", x, w, b, self.stride, self.padding,
+                                             self.dilation, self.groups, dtype=w.dtype)
+        y = _conv_dispatch.forward_checked(x, w, b, g)
+        self._x = (x, w, g, unbatched)
+        return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
         """Accumulate weight and bias gradients; return d loss / d input (None if not input_grad)."""
-        x = self._cached("_x")
-        gx, gw, gb = _conv._backward("Conv2d.backward", grad_output, x, self.weight.data, self.stride,
-                                     self.padding, self.dilation, self.groups,
-                                     need_input=bool(input_grad), need_weight=True)
+        x, w, g, unbatched = self._cached("_x")
+        gy = check_batch_grad(grad_output, "grad_output", "Conv2d.backward", g.output_shape,
+                              unbatched, dtype=x.dtype)
+        gx, gw, gb = _conv_dispatch.backward_checked(x, w, gy, g, need_input=bool(input_grad),
+                                                     need_weight=True)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
-        return gx
+        return gx[0] if unbatched and gx is not None else gx
 
     def _config(self):
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
@@ -167,15 +185,18 @@ class Linear(Module):
 
     def forward(self, x):
         """Apply the affine map to a (*, in_features) array; cache it for backward."""
-        x = as_float_array(x, "input", "Linear", ndims=tuple(range(1, 33)), dtype=self.weight.data.dtype)
-        y = F.linear(x, self.weight.data, self.bias.data if self.bias is not None else None)
-        self._x = x
-        return y
+        w = self.weight.data
+        x, w, b = check_linear("Linear", x, w, self.bias.data if self.bias is not None else None,
+                               dtype=w.dtype)
+        self._x = (x, w)
+        return linear_checked(x, w, b)
 
     def backward(self, grad_output, input_grad=True):
         """Accumulate weight and bias gradients; return d loss / d input."""
-        x = self._cached("_x")
-        gx, gw, gb = F.linear_backward(grad_output, x, self.weight.data)
+        x, w = self._cached("_x")
+        gy = as_float_array(grad_output, "grad_output", "Linear.backward", ndims=(x.ndim,),
+                            dtype=x.dtype, shape=x.shape[:-1] + (w.shape[0],))
+        gx, gw, gb = linear_backward_checked(gy, x, w)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -210,20 +231,23 @@ class MaxPool2d(Module):
         self.dilation = _int_or_pair(dilation, "dilation", name, 1)
         self.ceil_mode = check_bool(ceil_mode, "ceil_mode", name)
         self._indices = None
-        self._shape = None
 
     def forward(self, x):
         """Pool a (N, C, H, W) batch; cache the argmax indices."""
-        x = as_float_array(x, "input", "MaxPool2d", ndims=(3, 4))
-        y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                              self.ceil_mode, return_indices=True)
-        self._indices, self._shape = idx, x.shape
-        return y
+        x, unbatched = as_batch(x, "input", "MaxPool2d")
+        g = check_pool2d("MaxPool2d", x.shape, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.ceil_mode)
+        y, idx = max_pool2d_checked(x, g)
+        self._indices = (idx, g, unbatched)
+        return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
         """Route each output gradient to its maximum's position (accumulating overlaps)."""
-        idx = self._cached("_indices")
-        return F.max_pool2d_backward(grad_output, idx, self._shape)
+        func = "MaxPool2d.backward"
+        idx, g, unbatched = self._cached("_indices")
+        gy = check_batch_grad(grad_output, "grad_output", func, g.output_shape, unbatched)
+        gx = max_pool2d_backward_checked(gy, idx, g, func)
+        return gx[0] if unbatched else gx
 
     def _config(self):
         return dict(kernel_size=_jsonable(self.kernel_size), stride=_jsonable(self.stride),
@@ -257,20 +281,22 @@ class AvgPool2d(Module):
         self.count_include_pad = check_bool(count_include_pad, "count_include_pad", name)
         self._shape = None
 
-    def _args(self):
-        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
-
     def forward(self, x):
         """Average-pool a (N, C, H, W) batch."""
-        x = as_float_array(x, "input", "AvgPool2d", ndims=(3, 4))
-        y = F.avg_pool2d(x, *self._args())
-        self._shape = x.shape
-        return y
+        x, unbatched = as_batch(x, "input", "AvgPool2d")
+        g = check_pool2d("AvgPool2d", x.shape, self.kernel_size, self.stride, self.padding, 1,
+                         self.ceil_mode)
+        y = avg_pool2d_checked(x, g, self.count_include_pad)
+        self._shape = (g, unbatched)
+        return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
         """Spread each output gradient evenly over its window."""
-        shape = self._cached("_shape")
-        return F.avg_pool2d_backward(grad_output, shape, *self._args())
+        g, unbatched = self._cached("_shape")
+        gy = check_batch_grad(grad_output, "grad_output", "AvgPool2d.backward", g.output_shape,
+                              unbatched)
+        gx = avg_pool2d_backward_checked(gy, g, self.count_include_pad)
+        return gx[0] if unbatched else gx
 
     def _config(self):
         return dict(kernel_size=_jsonable(self.kernel_size), stride=_jsonable(self.stride),
@@ -312,8 +338,7 @@ class _Activation(Module):
         """Multiply ``grad_output`` by the derivative (computed from the cached output)."""
         y = self._cached("_y")
         gy = as_float_array(grad_output, "grad_output", f"{type(self).__name__}.backward",
-                            ndims=(y.ndim,), dtype=y.dtype)
-        check_shape(gy, y.shape, "grad_output", f"{type(self).__name__}.backward")
+                            ndims=(y.ndim,), dtype=y.dtype, shape=y.shape)
         return gy * type(self)._deriv(y)
 
     def _config(self):
@@ -405,7 +430,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._mask, self._identity = None, True
             return x
-        y, mask = F.dropout(x, self.p, True, self.rng, return_mask=True)
+        y, mask = dropout_checked(x, self.p, self.rng)
         self._mask, self._identity = mask, False
         return y
 
@@ -413,7 +438,10 @@ class Dropout(Module):
         """Multiply the gradient by the mask of the last forward pass."""
         if self._identity:
             return np.asarray(grad_output)
-        return F.dropout_backward(grad_output, self._cached("_mask"))
+        mask = self._cached("_mask")
+        gy = as_float_array(grad_output, "grad_output", "Dropout.backward", ndims=(mask.ndim,),
+                            shape=mask.shape)
+        return gy * mask.astype(gy.dtype, copy=False)
 
     def _config(self):
         return dict(p=self.p)
