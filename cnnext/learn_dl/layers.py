@@ -24,6 +24,9 @@ Design
 * ``MaxPoolingLayer.backward`` finds the maxima of the input it is given (one pooling kernel call), so
   it works without a preceding ``forward``, as in learn_dl's test_pool_bp.
 * Computation is in float64, as in learn_dl; integer inputs are converted.
+* The sizes given to a constructor (``stride``, ``zero_padding``, ``input_width``, ...) and the
+  output sizes derived from them are read-only attributes: the arrays and the cached geometry are
+  built from them, so an assignment raises AttributeError instead of giving wrong gradients.
 
 Fixed relative to learn_dl: backward with non-square filters; ``zero_padding > filter size - 1``;
 max-pool backward with overlapping windows (the gradients now accumulate instead of overwriting each
@@ -114,6 +117,35 @@ def _check_sample(x, expected, name, func, batch=None):
     if not ok:
         raise ValueError(f"{func}: {name} must have shape {want}, got {x.shape}")
     return np.ascontiguousarray(x, dtype=_DTYPE)
+
+
+class _Geometry:
+    """A layer's read-only size attribute (``layer.stride``, ``layer.input_width``, ...).
+
+    The layer's weights, ``output_array`` and cached convolution geometry are sized from these at
+    construction, so changing one afterwards would compute silently wrong outputs and gradients:
+    assignment raises AttributeError instead.
+    """
+
+    __slots__ = ("name", "slot")
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        return layer.__dict__[self.slot]
+
+    def __set__(self, layer, value):
+        cls = type(layer).__name__
+        raise AttributeError(
+            f"{cls}.{self.name} is read-only: the layer's arrays and geometry were sized for "
+            f"{self.name}={getattr(layer, self.name)!r} at construction; build a new {cls} instead"
+        )
+
+    def __delete__(self, layer):
+        self.__set__(layer, None)
 
 
 # --------------------------------------------------------------------------- element-wise ops
@@ -460,6 +492,10 @@ class ConvLayer:
         Last input (float64).
     filters : sequence of Filter
         Views of the layer's weights, biases and gradients.
+    input_width, input_height, channel_number, filter_width, filter_height, filter_number,
+    zero_padding, stride, output_width, output_height : int
+        The layer's sizes, read-only (assigning one raises AttributeError: the arrays are sized
+        from them).
 
     Notes
     -----
@@ -468,17 +504,29 @@ class ConvLayer:
     ``backward`` does not re-run ``forward``.
     """
 
+    input_width = _Geometry()
+    input_height = _Geometry()
+    channel_number = _Geometry()
+    filter_width = _Geometry()
+    filter_height = _Geometry()
+    filter_number = _Geometry()
+    zero_padding = _Geometry()
+    stride = _Geometry()
+    output_width = _Geometry()
+    output_height = _Geometry()
+
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  filter_number, zero_padding, stride, activator, learning_rate):
         func = "ConvLayer"
-        self.input_width = check_int(input_width, "input_width", func, minimum=1)
-        self.input_height = check_int(input_height, "input_height", func, minimum=1)
-        self.channel_number = check_int(channel_number, "channel_number", func, minimum=1)
-        self.filter_width = check_int(filter_width, "filter_width", func, minimum=1)
-        self.filter_height = check_int(filter_height, "filter_height", func, minimum=1)
-        self.filter_number = check_int(filter_number, "filter_number", func, minimum=1)
-        self.zero_padding = check_int(zero_padding, "zero_padding", func, minimum=0)
-        self.stride = check_int(stride, "stride", func, minimum=1)
+        geo = self.__dict__  # the read-only _Geometry attributes' storage
+        geo["_input_width"] = check_int(input_width, "input_width", func, minimum=1)
+        geo["_input_height"] = check_int(input_height, "input_height", func, minimum=1)
+        geo["_channel_number"] = check_int(channel_number, "channel_number", func, minimum=1)
+        geo["_filter_width"] = check_int(filter_width, "filter_width", func, minimum=1)
+        geo["_filter_height"] = check_int(filter_height, "filter_height", func, minimum=1)
+        geo["_filter_number"] = check_int(filter_number, "filter_number", func, minimum=1)
+        geo["_zero_padding"] = check_int(zero_padding, "zero_padding", func, minimum=0)
+        geo["_stride"] = check_int(stride, "stride", func, minimum=1)
         self.activator = _check_activator(activator, "activator", func)
         self.learning_rate = check_float(learning_rate, "learning_rate", func)
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
@@ -489,14 +537,14 @@ class ConvLayer:
                     f"input_{axis} + 2 * zero_padding = {size + 2 * self.zero_padding}; "
                     f"the output would be empty"
                 )
-        self.output_width = ConvLayer.calculate_output_size(
+        geo["_output_width"] = ConvLayer.calculate_output_size(
             self.input_width, self.filter_width, self.zero_padding, self.stride)
-        self.output_height = ConvLayer.calculate_output_size(
+        geo["_output_height"] = ConvLayer.calculate_output_size(
             self.input_height, self.filter_height, self.zero_padding, self.stride)
         self.output_array = np.zeros((self.filter_number, self.output_height, self.output_width))
         self.input_array = None
         self.delta_array = None
-        self._geometry_key = None  # (input shape, stride, zero_padding) of the cached geometry
+        self._geometry_key = None  # input shape of the cached geometry
         self._geometry_cache = None
 
         shape = (self.filter_number, self.channel_number, self.filter_height, self.filter_width)
@@ -553,7 +601,7 @@ class ConvLayer:
         """The convolution geometry for a checked (N, C, H, W) input, validated by ``check_conv2d``
         once per input shape (and stride and padding) and cached: the calls in between pass it
         straight to the functional entry points, which skip the argument checks."""
-        key = (x4.shape, self.stride, self.zero_padding)
+        key = x4.shape  # stride and zero_padding are read-only
         if key != self._geometry_key:
             _, _, _, g, _ = check_conv2d(func, x4, self._weights, self._bias, self.stride,
                                          self.zero_padding, 1, 1)
@@ -680,24 +728,37 @@ class MaxPoolingLayer:
     output_array : ndarray, (channel_number, output_height, output_width) or (N, ...)
     delta_array : ndarray, shape of the input
         Set by ``backward``: each sensitivity added at the position of its window's (first) maximum.
+    input_width, input_height, channel_number, filter_width, filter_height, stride, output_width,
+    output_height : int
+        The layer's sizes, read-only (assigning one raises AttributeError).
     """
+
+    input_width = _Geometry()
+    input_height = _Geometry()
+    channel_number = _Geometry()
+    filter_width = _Geometry()
+    filter_height = _Geometry()
+    stride = _Geometry()
+    output_width = _Geometry()
+    output_height = _Geometry()
 
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  stride):
         func = "MaxPoolingLayer"
-        self.input_width = check_int(input_width, "input_width", func, minimum=1)
-        self.input_height = check_int(input_height, "input_height", func, minimum=1)
-        self.channel_number = check_int(channel_number, "channel_number", func, minimum=1)
-        self.filter_width = check_int(filter_width, "filter_width", func, minimum=1)
-        self.filter_height = check_int(filter_height, "filter_height", func, minimum=1)
-        self.stride = check_int(stride, "stride", func, minimum=1)
+        geo = self.__dict__  # the read-only _Geometry attributes' storage
+        geo["_input_width"] = check_int(input_width, "input_width", func, minimum=1)
+        geo["_input_height"] = check_int(input_height, "input_height", func, minimum=1)
+        geo["_channel_number"] = check_int(channel_number, "channel_number", func, minimum=1)
+        geo["_filter_width"] = check_int(filter_width, "filter_width", func, minimum=1)
+        geo["_filter_height"] = check_int(filter_height, "filter_height", func, minimum=1)
+        geo["_stride"] = check_int(stride, "stride", func, minimum=1)
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
                                   ("height", self.input_height, self.filter_height)):
             if fsize > size:
                 raise ValueError(f"{func}: filter_{axis}={fsize} is larger than input_{axis}={size}; "
                                  f"the output would be empty")
-        self.output_width = (self.input_width - self.filter_width) // self.stride + 1
-        self.output_height = (self.input_height - self.filter_height) // self.stride + 1
+        geo["_output_width"] = (self.input_width - self.filter_width) // self.stride + 1
+        geo["_output_height"] = (self.input_height - self.filter_height) // self.stride + 1
         self.output_array = np.zeros((self.channel_number, self.output_height, self.output_width))
         self.delta_array = None
 
