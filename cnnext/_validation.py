@@ -111,7 +111,7 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None, shape=None):
         raise ValueError(f"{func}: {name} must be {want}, got {x.ndim}-D array of shape {x.shape}")
     if shape is not None:
         check_shape(x, shape, name, func)
-    return np.ascontiguousarray(x, dtype=target)
+    return np.asarray(x, dtype=target, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-D
 
 
 def as_batch(x, name, func, dtype=None):

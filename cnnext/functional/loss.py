@@ -59,6 +59,8 @@ def log_softmax(input, dim=1):
     func = "log_softmax"
     x = as_float_array(input, "input", func, ndims=tuple(range(1, 33)))
     dim = _axis(dim, x.ndim, func)
+    if x.size == 0:  # an empty axis has no maximum; the result is empty, as in PyTorch
+        return x.copy()
     shifted = x - x.max(axis=dim, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
@@ -71,6 +73,8 @@ def softmax(input, dim=1):
 
 
 def _softmax(x, dim):
+    if x.size == 0:  # an empty axis has no maximum; the result is empty, as in PyTorch
+        return x.copy()
     e = np.exp(x - x.max(axis=dim, keepdims=True))
     e /= e.sum(axis=dim, keepdims=True)
     return e
@@ -181,7 +185,7 @@ def mse_loss_checked(x, t, reduction):
     """mse_loss for arguments checked by ``check_mse`` and a valid reduction."""
     sq = np.square(x - t)
     if reduction == "none":
-        return sq
+        return np.asarray(sq)  # a 0-d input gives a 0-d array, as in PyTorch
     if reduction == "sum":
         return sq.sum(dtype=x.dtype)
     if sq.size == 0:
@@ -201,7 +205,7 @@ def mse_loss_backward(input, target, reduction="mean", grad_output=1.0):
 def mse_loss_backward_checked(x, t, reduction, grad_output):
     """mse_loss_backward for checked arguments: ``grad_output`` a float, or for 'none' an array of
     x's shape and dtype."""
-    g = x - t
+    g = np.asarray(x - t)  # 0-d stays a 0-d array
     if reduction == "none":
         g *= 2 * grad_output
         return g
@@ -237,7 +241,7 @@ def dropout(input, p=0.5, training=True, rng=None, return_mask=False):
     x = as_float_array(input, "input", func, ndims=tuple(range(0, 33)))
     p = check_float(p, "p", func, minimum=0, maximum=1)
     if not training or p == 0:
-        y, mask = x * 1, np.ones_like(x)
+        y, mask = x.copy(), np.ones_like(x)
     else:
         y, mask = dropout_checked(x, p, check_rng(rng, "rng", func) if p < 1 else None)
     return (y, mask) if return_mask else y
@@ -250,9 +254,9 @@ def dropout_checked(x, p, rng):
         mask = np.zeros_like(x)
     else:
         keep = rng.random(x.shape, dtype=np.float64) >= p
-        mask = keep.astype(x.dtype)
+        mask = np.asarray(keep, dtype=x.dtype)  # 0-d stays a 0-d array
         mask *= x.dtype.type(1.0 / (1.0 - p))
-    return x * mask, mask
+    return np.asarray(x * mask), mask
 
 
 def dropout_backward(grad_output, mask):
@@ -260,5 +264,5 @@ def dropout_backward(grad_output, mask):
     func = "dropout_backward"
     gy = as_float_array(grad_output, "grad_output", func, ndims=tuple(range(0, 33)))
     m = as_float_array(mask, "mask", func, ndims=(gy.ndim,), dtype=gy.dtype, shape=gy.shape)
-    return gy * m
+    return np.asarray(gy * m)
 

@@ -46,7 +46,8 @@ from cnnext._validation import (
     result_dtype,
 )
 from cnnext.learn_dl.activators import IdentityActivator, ReluActivator
-from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward, relu
+from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward
+from cnnext.functional.activation import relu_checked
 from cnnext.functional._conv_dispatch import backward_checked as _conv2d_backward_checked
 from cnnext.functional._conv_dispatch import forward_checked as _conv2d_forward_checked
 
@@ -201,7 +202,7 @@ def element_wise_op(array, op):
 def _activate(op, array):
     """``op`` applied element-wise to ``array`` (which may be overwritten); returns the result array."""
     if getattr(op, "__func__", None) is ReluActivator.forward:  # the common case, without the probing
-        return relu(array)
+        return relu_checked(array)  # a layer's float64 output
     result = _try_whole_array(op, array)
     if result is _SCALAR_ONLY:
         _per_element(op, array)

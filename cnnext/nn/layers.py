@@ -8,13 +8,13 @@ A layer validates its input once per call: ``forward`` checks the input (and the
 ``cnnext._validation``) and ``backward`` checks ``grad_output`` against the cached forward output
 shape; both then call the functional modules' documented already-checked entry points
 (``_conv_dispatch.forward_checked``/``backward_checked``, ``pooling.*_checked``,
-``linear.*_checked``, ``loss.dropout_checked``), which validate nothing again.
+``linear.*_checked``, ``loss.dropout_checked``, ``activation.*_checked``), which validate nothing
+again.
 """
 import math
 
 import numpy as np
 
-from cnnext import functional as F
 from cnnext._validation import (
     as_batch,
     as_float_array,
@@ -39,7 +39,8 @@ from cnnext.functional.pooling import (
     max_pool2d_backward_checked,
     max_pool2d_checked,
 )
-from cnnext.nn.module import Module, Parameter
+from cnnext.functional import activation as _act
+from cnnext.nn.module import Module, Parameter, own_methods
 
 __all__ = [
     "Conv2d",
@@ -320,8 +321,12 @@ def _jsonable(v):
 
 
 class _Activation(Module):
-    _fn = None
+    _fn = None  # the functional entry points for checked arrays
     _deriv = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own_methods(cls)  # errors name ReLU.forward, not _Activation.forward
 
     def __init__(self):
         super().__init__()
@@ -330,7 +335,7 @@ class _Activation(Module):
     def forward(self, x):
         """Apply the activation element-wise; cache the output for backward."""
         x = as_float_array(x, "input", type(self).__name__, ndims=_ANY_ND)
-        y = type(self)._fn(x)
+        y = np.asarray(type(self)._fn(x))  # a 0-d input gives a 0-d array, as in PyTorch
         self._y = y
         return y
 
@@ -339,7 +344,7 @@ class _Activation(Module):
         y = self._cached("_y")
         gy = as_float_array(grad_output, "grad_output", f"{type(self).__name__}.backward",
                             ndims=(y.ndim,), dtype=y.dtype, shape=y.shape)
-        return gy * type(self)._deriv(y)
+        return np.asarray(gy * type(self)._deriv(y))
 
     def _config(self):
         return {}
@@ -348,22 +353,22 @@ class _Activation(Module):
 class ReLU(_Activation):
     """Rectified linear unit ``max(x, 0)``."""
 
-    _fn = staticmethod(F.relu)
-    _deriv = staticmethod(F.relu_derivative)
+    _fn = staticmethod(_act.relu_checked)
+    _deriv = staticmethod(_act.relu_derivative_checked)
 
 
 class Sigmoid(_Activation):
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
 
-    _fn = staticmethod(F.sigmoid)
-    _deriv = staticmethod(F.sigmoid_derivative)
+    _fn = staticmethod(_act.sigmoid_checked)
+    _deriv = staticmethod(_act.sigmoid_derivative_checked)
 
 
 class Tanh(_Activation):
     """Hyperbolic tangent."""
 
-    _fn = staticmethod(F.tanh)
-    _deriv = staticmethod(F.tanh_derivative)
+    _fn = staticmethod(_act.tanh_checked)
+    _deriv = staticmethod(_act.tanh_derivative_checked)
 
 
 class Flatten(Module):

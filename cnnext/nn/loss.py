@@ -1,12 +1,16 @@
 """Loss modules: ``loss = criterion(output, target)`` then ``grad = criterion.backward()``."""
 from cnnext._validation import check_choice, check_cross_entropy, check_float, check_mse
 from cnnext.functional import loss as _floss
-from cnnext.nn.module import Module
+from cnnext.nn.module import Module, own_methods
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
 
 
 class _Loss(Module):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own_methods(cls)  # errors name CrossEntropyLoss.__init__, not _Loss.__init__
+
     def __init__(self, reduction="mean"):
         super().__init__()
         self.reduction = check_choice(reduction, "reduction", type(self).__name__, ("mean", "sum"))

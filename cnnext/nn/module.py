@@ -5,6 +5,7 @@ runs in ``cnnext.functional``. ``backward(grad_output)`` returns the gradient wi
 of the last ``forward`` and *adds* the parameter gradients to each ``Parameter.grad``, like PyTorch's
 ``.grad``; call ``zero_grad()`` (or the optimizer's) between steps.
 """
+import types
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -61,6 +62,24 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def own_methods(cls, names=("__init__", "forward", "backward")):
+    """Give ``cls`` its own copies of the inherited methods ``names``, named after ``cls``.
+
+    Called from ``__init_subclass__`` of a private base class (``_Loss``, ``_Activation``): Python's
+    own argument errors then name the class the user called, "MSELoss.forward() missing 1 required
+    positional argument: 'target'", not the private base ("_Loss.forward() ..."), as in PyTorch.
+    """
+    for name in names:
+        if name in cls.__dict__:
+            continue
+        f = getattr(cls, name)
+        g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+        g.__kwdefaults__, g.__doc__, g.__module__ = f.__kwdefaults__, f.__doc__, f.__module__
+        g.__dict__.update(f.__dict__)
+        g.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, g)
 
 
 def _indent(text, spaces=2):
