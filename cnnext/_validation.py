@@ -41,9 +41,13 @@ __all__ = [
     "result_dtype",
 ]
 
-# Naming convention for every check here: ``check_x(value, name, func, ...)`` where ``name`` is the
-# argument and ``func`` the caller as the user sees it ("conv2d", "Conv2d", "SGD", "cnnext train").
-# Messages read "{func}: {name} must be ..., got ...".
+# Naming convention: every check of one value is ``check_x(value, name, func, ...)`` (likewise
+# ``as_float_array``, ``as_batch``, ``to_pair``, ``result_dtype``), where ``name`` is the argument and
+# ``func`` the caller as the user sees it ("conv2d", "Conv2d", "Conv2d.backward", "SGD"). Messages
+# read "{func}: {name} must be ..., got ...". The validators of a whole call (check_conv2d,
+# check_pool2d, check_linear, check_cross_entropy, check_mse) take ``func`` first, then the
+# arguments in the order of the function they check. One function per kind of check: extend these
+# rather than writing a new one in a module.
 
 
 def _describe(x):

@@ -211,6 +211,7 @@ def _layers():
         ("relu", nn.ReLU(), img),
         ("tanh", nn.Tanh(), r.standard_normal(())),
         ("dropout", nn.Dropout(0.5, rng=0), img),
+        ("dropout_eval", nn.Dropout(0.5, rng=0).eval(), img),
     ]
 
 
@@ -257,6 +258,10 @@ def test_layer_errors_name_the_layer_and_backward():
         lin.backward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"^CrossEntropyLoss: target class indices must lie in \[0, 3\)"):
         nn.CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
+    drop = nn.Dropout(0.5).eval()
+    drop(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^Dropout.backward: grad_output must have shape \(2, 3\), got \(3, 2\)$"):
+        drop.backward(np.zeros((3, 2)))  # the identity's backward was unchecked
     crit = nn.MSELoss()
     crit(np.zeros(3), np.ones(3))
     with pytest.raises(TypeError, match=r"^MSELoss.backward: grad_output must be a real number, got str"):

@@ -149,6 +149,23 @@ class _Geometry:
         self.__set__(layer, None)
 
 
+def _read_only_sizes(*names):
+    """Class decorator: each of ``names`` becomes a read-only ``_Geometry`` attribute."""
+    def decorate(cls):
+        for name in names:
+            attr = _Geometry()
+            attr.__set_name__(cls, name)
+            setattr(cls, name, attr)
+        return cls
+    return decorate
+
+
+def _set_sizes(layer, func, sizes):
+    """Check each ``(name, value, minimum)`` with check_int and store it behind its attribute."""
+    for name, value, minimum in sizes:
+        layer.__dict__["_" + name] = check_int(value, name, func, minimum=minimum)
+
+
 # --------------------------------------------------------------------------- element-wise ops
 
 _SCALAR_ONLY = object()
@@ -465,6 +482,8 @@ class _FilterList(collections.abc.Sequence):
 
 # --------------------------------------------------------------------------- ConvLayer
 
+@_read_only_sizes("input_width", "input_height", "channel_number", "filter_width", "filter_height",
+                  "filter_number", "zero_padding", "stride", "output_width", "output_height")
 class ConvLayer:
     """learn_dl's convolution layer, computed by ``cnnext.functional.conv2d``.
 
@@ -505,29 +524,14 @@ class ConvLayer:
     ``backward`` does not re-run ``forward``.
     """
 
-    input_width = _Geometry()
-    input_height = _Geometry()
-    channel_number = _Geometry()
-    filter_width = _Geometry()
-    filter_height = _Geometry()
-    filter_number = _Geometry()
-    zero_padding = _Geometry()
-    stride = _Geometry()
-    output_width = _Geometry()
-    output_height = _Geometry()
-
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  filter_number, zero_padding, stride, activator, learning_rate):
         func = "ConvLayer"
-        geo = self.__dict__  # the read-only _Geometry attributes' storage
-        geo["_input_width"] = check_int(input_width, "input_width", func, minimum=1)
-        geo["_input_height"] = check_int(input_height, "input_height", func, minimum=1)
-        geo["_channel_number"] = check_int(channel_number, "channel_number", func, minimum=1)
-        geo["_filter_width"] = check_int(filter_width, "filter_width", func, minimum=1)
-        geo["_filter_height"] = check_int(filter_height, "filter_height", func, minimum=1)
-        geo["_filter_number"] = check_int(filter_number, "filter_number", func, minimum=1)
-        geo["_zero_padding"] = check_int(zero_padding, "zero_padding", func, minimum=0)
-        geo["_stride"] = check_int(stride, "stride", func, minimum=1)
+        _set_sizes(self, func, [
+            ("input_width", input_width, 1), ("input_height", input_height, 1),
+            ("channel_number", channel_number, 1), ("filter_width", filter_width, 1),
+            ("filter_height", filter_height, 1), ("filter_number", filter_number, 1),
+            ("zero_padding", zero_padding, 0), ("stride", stride, 1)])
         self.activator = _check_activator(activator, "activator", func)
         self.learning_rate = check_float(learning_rate, "learning_rate", func)
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
@@ -538,10 +542,11 @@ class ConvLayer:
                     f"input_{axis} + 2 * zero_padding = {size + 2 * self.zero_padding}; "
                     f"the output would be empty"
                 )
-        geo["_output_width"] = ConvLayer.calculate_output_size(
-            self.input_width, self.filter_width, self.zero_padding, self.stride)
-        geo["_output_height"] = ConvLayer.calculate_output_size(
-            self.input_height, self.filter_height, self.zero_padding, self.stride)
+        self.__dict__.update(  # the read-only output sizes
+            _output_width=ConvLayer.calculate_output_size(
+                self.input_width, self.filter_width, self.zero_padding, self.stride),
+            _output_height=ConvLayer.calculate_output_size(
+                self.input_height, self.filter_height, self.zero_padding, self.stride))
         self.output_array = np.zeros((self.filter_number, self.output_height, self.output_width))
         self.input_array = None
         self.delta_array = None
@@ -712,6 +717,8 @@ class ConvLayer:
 
 # --------------------------------------------------------------------------- MaxPoolingLayer
 
+@_read_only_sizes("input_width", "input_height", "channel_number", "filter_width", "filter_height",
+                  "stride", "output_width", "output_height")
 class MaxPoolingLayer:
     """learn_dl's max-pooling layer, computed by ``cnnext.functional.max_pool2d``.
 
@@ -734,32 +741,21 @@ class MaxPoolingLayer:
         The layer's sizes, read-only (assigning one raises AttributeError).
     """
 
-    input_width = _Geometry()
-    input_height = _Geometry()
-    channel_number = _Geometry()
-    filter_width = _Geometry()
-    filter_height = _Geometry()
-    stride = _Geometry()
-    output_width = _Geometry()
-    output_height = _Geometry()
-
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  stride):
         func = "MaxPoolingLayer"
-        geo = self.__dict__  # the read-only _Geometry attributes' storage
-        geo["_input_width"] = check_int(input_width, "input_width", func, minimum=1)
-        geo["_input_height"] = check_int(input_height, "input_height", func, minimum=1)
-        geo["_channel_number"] = check_int(channel_number, "channel_number", func, minimum=1)
-        geo["_filter_width"] = check_int(filter_width, "filter_width", func, minimum=1)
-        geo["_filter_height"] = check_int(filter_height, "filter_height", func, minimum=1)
-        geo["_stride"] = check_int(stride, "stride", func, minimum=1)
+        _set_sizes(self, func, [
+            ("input_width", input_width, 1), ("input_height", input_height, 1),
+            ("channel_number", channel_number, 1), ("filter_width", filter_width, 1),
+            ("filter_height", filter_height, 1), ("stride", stride, 1)])
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
                                   ("height", self.input_height, self.filter_height)):
             if fsize > size:
                 raise ValueError(f"{func}: filter_{axis}={fsize} is larger than input_{axis}={size}; "
                                  f"the output would be empty")
-        geo["_output_width"] = (self.input_width - self.filter_width) // self.stride + 1
-        geo["_output_height"] = (self.input_height - self.filter_height) // self.stride + 1
+        self.__dict__.update(  # the read-only output sizes
+            _output_width=(self.input_width - self.filter_width) // self.stride + 1,
+            _output_height=(self.input_height - self.filter_height) // self.stride + 1)
         self.output_array = np.zeros((self.channel_number, self.output_height, self.output_width))
         self.delta_array = None
 

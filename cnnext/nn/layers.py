@@ -426,27 +426,27 @@ class Dropout(Module):
         super().__init__()
         self.p = check_float(p, "p", "Dropout", minimum=0, maximum=1)
         self.rng = check_rng(rng, "rng", "Dropout")
-        self._mask = None
-        self._identity = False
+        self._mask = None  # None after an identity (eval mode or p = 0) forward pass
+        self._shape = None
 
     def forward(self, x):
         """Drop elements at random (training mode) or pass the input through (eval mode)."""
         x = as_float_array(x, "input", "Dropout", ndims=_ANY_ND)
         if not self.training or self.p == 0.0:
-            self._mask, self._identity = None, True
+            self._mask, self._shape = None, x.shape
             return x
         y, mask = dropout_checked(x, self.p, self.rng)
-        self._mask, self._identity = mask, False
+        self._mask, self._shape = mask, x.shape
         return y
 
     def backward(self, grad_output, input_grad=True):
         """Multiply the gradient by the mask of the last forward pass."""
-        if self._identity:
-            return np.asarray(grad_output)
-        mask = self._cached("_mask")
-        gy = as_float_array(grad_output, "grad_output", "Dropout.backward", ndims=(mask.ndim,),
-                            shape=mask.shape)
-        return gy * mask.astype(gy.dtype, copy=False)
+        shape = self._cached("_shape")
+        gy = as_float_array(grad_output, "grad_output", "Dropout.backward", ndims=(len(shape),),
+                            shape=shape)
+        if self._mask is None:
+            return gy
+        return np.asarray(gy * self._mask.astype(gy.dtype, copy=False))
 
     def _config(self):
         return dict(p=self.p)
