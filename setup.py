@@ -24,9 +24,10 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers", "_winograd"]
+EXTENSIONS = ["_im2col", "_direct", "_pool", "_openmp_helpers", "_winograd", "_norm", "_adaptive"]
 # C headers an extension includes (rebuilt when they change; shipped in the sdist by MANIFEST.in)
-DEPENDS = {"_winograd": ["cnnext/_kernels/_tile_gemm.h"], "_direct": ["cnnext/_kernels/_tile_gemm.h"]}
+DEPENDS = {"_winograd": ["cnnext/_kernels/_tile_gemm.h"], "_direct": ["cnnext/_kernels/_tile_gemm.h"],
+           "_norm": ["cnnext/_kernels/_norm.h"]}
 
 
 def _flag(name, default):

@@ -30,9 +30,9 @@ if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 _blas_thread_timeout = _os.environ.get("OPENBLAS_THREAD_TIMEOUT")  # as numpy's OpenBLAS read it
 
-from cnnext import _runtime  # noqa: E402
+from cnnext import _threads  # noqa: E402
 
-_runtimes_before = _runtime.loaded_openmp_runtimes()
+_runtimes_before = _threads.loaded_openmp_runtimes()  # before the kernels load theirs
 
 from cnnext._version import __version__  # noqa: E402
 from cnnext._config import (  # noqa: E402
@@ -44,7 +44,7 @@ from cnnext._config import (  # noqa: E402
 )
 from cnnext import _config  # noqa: E402
 
-_config._note_openmp_runtime(_runtimes_before, _runtime.loaded_openmp_runtimes(), _user_wait_policy)
+_config._note_openmp_runtime(_runtimes_before, _threads.loaded_openmp_runtimes(), _user_wait_policy)
 from cnnext import functional  # noqa: E402
 from cnnext import learn_dl  # noqa: E402
 from cnnext.learn_dl import (  # noqa: E402
@@ -61,7 +61,9 @@ from cnnext.learn_dl import (  # noqa: E402
     get_patch,
     padding,
 )
+from cnnext._grad_mode import inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402
 from cnnext import nn, optim  # noqa: E402
+from cnnext import models  # noqa: E402
 from cnnext.gradcheck import gradcheck  # noqa: E402
 from cnnext.serialization import load, save  # noqa: E402
 
@@ -72,7 +74,7 @@ layers, activators = learn_dl.layers, learn_dl.activators
 
 # Public subpackages imported on first attribute access (PEP 562), so ``cnnext.datasets`` works
 # after ``import cnnext`` without every ``import cnnext`` paying for urllib, gzip and hashlib.
-_LAZY_SUBMODULES = ("datasets", "dask", "distributed")
+_LAZY_SUBMODULES = ("datasets", "dask", "distributed", "training")
 
 
 def __getattr__(name):
@@ -99,9 +101,14 @@ __all__ = [
     # training toolkit
     "nn",
     "optim",
+    "models",
     "save",
     "load",
     "gradcheck",
+    "no_grad",
+    "inference_mode",
+    "set_grad_enabled",
+    "is_grad_enabled",
     # learn_dl API (cnnext.learn_dl)
     *learn_dl.__all__,
 ]
@@ -119,7 +126,10 @@ def show_config(mode="stdout"):
     -------
     dict or None
         With ``mode='dicts'``: version, openmp (compiled in or not), winograd_gemm ('avx2' or
-        'blas'), num_threads, workspace_bytes, numpy version, numpy's BLAS and the OPENBLAS_THREAD_TIMEOUT it was loaded with.
+        'blas'), num_threads, workspace_bytes, numpy version, numpy's BLAS and the
+        OPENBLAS_THREAD_TIMEOUT it was loaded with, and threadpools: threadpoolctl's info on the
+        OpenMP and BLAS libraries loaded now (one dict each: user_api, internal_api, prefix,
+        filepath, version, num_threads, ...).
     """
     import numpy as np
 
@@ -146,6 +156,7 @@ def show_config(mode="stdout"):
         "blas": blas,
         # OPENBLAS_THREAD_TIMEOUT when numpy loaded OpenBLAS (None: its default, idle threads spin)
         "blas_thread_timeout": _blas_thread_timeout,
+        "threadpools": _threads.threadpool_info(),
     }
     if mode == "dicts":
         return cfg
@@ -163,6 +174,10 @@ def show_config(mode="stdout"):
     gemm = "cnnext's AVX2+FMA kernels" if cfg["winograd_gemm"] == "avx2" else "numpy's BLAS (no AVX2)"
     print(f"  Winograd:    GEMMs in {gemm}")
     print(f"  numpy:       {cfg['numpy']} (BLAS: {cfg['blas']})")
+    for pool in cfg["threadpools"]:
+        version = f" {pool['version']}" if pool.get("version") else ""
+        print(f"  {pool['user_api'] + ':':<12} {pool['prefix']}{version}, {pool['num_threads']} threads"
+              f" ({pool['filepath']})")
     if cfg["blas_thread_timeout"] is None:
         print("  note:        numpy was imported before cnnext: OpenBLAS's idle threads spin after each")
         print("               GEMM and slow the kernels' threads; import cnnext first, or set")

@@ -3,11 +3,15 @@
 The thread count starts from ``OMP_NUM_THREADS`` when it is set (as OpenMP itself would), otherwise
 from OpenMP's default (the number of cores), and is 1 when the extensions were built without OpenMP.
 It is passed explicitly to every kernel call, so changing it never needs OpenMP's global state.
+Every source of a thread count (``OMP_NUM_THREADS``, OpenMP's default, ``set_num_threads``, and so
+the CLI's ``--threads``) is clamped to ``_MAX_THREADS``: an OpenMP team of 200,000 threads crashes
+the process instead of failing.
 """
 import os
 import threading
 
 from cnnext._kernels._openmp_helpers import openmp_enabled, openmp_max_threads
+from cnnext._validation import check_int
 
 _DEFAULT_WORKSPACE_BYTES = 64 * 2**20
 # Below this much work (elements a kernel call writes or reads, e.g. a convolution's column matrix)
@@ -21,13 +25,32 @@ _MAX_THREADS = 1024  # an OpenMP team larger than this is a mistake, not a machi
 _lock = threading.Lock()
 
 
+def _clamp_threads(n):
+    """``n`` (an int) within [1, _MAX_THREADS]."""
+    return max(1, min(n, _MAX_THREADS))
+
+
+def _env_threads():
+    """OMP_NUM_THREADS's first value as a thread count (clamped), or None when it is unset or not
+    a positive decimal number (then OpenMP ignores it too)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if not (env.isascii() and env.isdigit()):
+        return None
+    digits = env.lstrip("0")
+    if not digits:
+        return None
+    if len(digits) > len(str(_MAX_THREADS)):  # also keeps int() off huge strings
+        return _MAX_THREADS
+    return _clamp_threads(int(digits))
+
+
 def _default_threads():
     if not openmp_enabled():
         return 1
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, openmp_max_threads())
+    env = _env_threads()
+    if env is not None:
+        return env
+    return _clamp_threads(openmp_max_threads())
 
 
 _state = {
@@ -57,18 +80,9 @@ def _note_openmp_runtime(before, after, user_wait_policy):
     shared = bool(before) and not (after - before)
     spinning = (user_wait_policy or "").strip().upper() != "PASSIVE"
     _state["shared_runtime"] = sorted(before) if shared else None
-    if shared and spinning and openmp_enabled() and not os.environ.get("OMP_NUM_THREADS"):
+    if shared and spinning and openmp_enabled() and _env_threads() is None:
         _state["num_threads"] = 1
         _state["serial_by_default"] = True
-
-
-def _positive_int(value, name, func):
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{func}: {name} must be a positive int, got {type(value).__name__} {value!r}")
-    value = value.__index__()
-    if value < 1:
-        raise ValueError(f"{func}: {name} must be >= 1, got {value}")
-    return value
 
 
 def set_num_threads(n):
@@ -77,16 +91,15 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int
-        Thread count, 1 to 1024. Without OpenMP the kernels are serial and any value behaves as 1, and
+        Thread count, >= 1; values above 1024 count as 1024 (as ``OMP_NUM_THREADS`` does; so does
+        the CLI's ``--threads``). Without OpenMP the kernels are serial and any value behaves as 1, and
         so does a process forked (``multiprocessing``'s default on Linux) after its parent ran
         multi-threaded kernels, because the OpenMP runtime cannot start threads there. Use the
         ``spawn`` or ``forkserver`` start method for multi-threaded kernels in worker processes.
         Calls on small inputs (a convolution whose column matrix has fewer than 2**17 elements, such
         as one LeNet sample) run on one thread, where waking the others would cost more than it saves.
     """
-    n = _positive_int(n, "n", "set_num_threads")
-    if n > _MAX_THREADS:
-        raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
+    n = _clamp_threads(check_int(n, "n", "set_num_threads", minimum=1))
     with _lock:
         _state["num_threads"] = n
 
@@ -127,15 +140,21 @@ if hasattr(os, "register_at_fork"):
 
 
 def set_workspace_limit(nbytes):
-    """Cap the im2col workspace of one convolution call (default 64 MiB).
+    """Cap the scratch memory of one convolution call (default 64 MiB).
 
     Parameters
     ----------
     nbytes : int
-        Size in bytes, >= 1. A convolution processes its batch in chunks whose column matrix fits
-        in this budget; one sample's columns are always allowed, even if larger.
+        Size in bytes, >= 1. Every algorithm works in chunks whose scratch arrays fit in this
+        budget: im2col + GEMM's column matrix and GEMM output (whole samples, or bands of output
+        rows of one sample), Winograd's transforms, the direct kernels' zero-padded planes. The
+        smallest chunk is always allowed: one output row of one sample for im2col + GEMM, one
+        sample for Winograd and the direct kernels; the automatic choice takes Winograd or the
+        direct kernels only when that fits, and a forced 'direct' runs as 'gemm' when it does not.
+        Buffers the size of the weights (transformed weights, weight-gradient partial sums) are
+        not counted.
     """
-    nbytes = _positive_int(nbytes, "nbytes", "set_workspace_limit")
+    nbytes = check_int(nbytes, "nbytes", "set_workspace_limit", minimum=1)
     with _lock:
         _state["workspace_bytes"] = nbytes
 
@@ -145,11 +164,32 @@ def get_workspace_limit():
     return _state["workspace_bytes"]
 
 
+class _Forced:
+    """One active ``force_conv_algorithm`` block: its algorithm and the thread's stack holding it."""
+
+    __slots__ = ("owner", "name", "stack")
+
+    def __init__(self, owner, name, stack):
+        self.owner, self.name, self.stack = owner, name, stack
+
+
+_local = threading.local()  # .forced: this thread's active blocks, innermost last
+_forced = []  # every thread's active blocks, in the order they were entered (under _lock)
+
+
 class force_conv_algorithm:
     """Context manager that makes conv2d use one algorithm inside its ``with`` block.
 
-    The choice is process-wide while the block runs. Use it to compare algorithms, or with
-    'gemm' to keep float32 convolutions off Winograd's larger rounding error.
+    Use it to compare algorithms, or with 'gemm' to keep float32 convolutions off Winograd's larger
+    rounding error. Blocks may be nested and used from several threads at once:
+
+    - the thread that entered a block uses that block's algorithm (its innermost block's);
+    - other threads, having no block of their own (worker threads started inside the block, say),
+      use the algorithm of the most recently entered block still active in any thread;
+    - when a block ends, exactly its own effect ends, whatever the order in which blocks of other
+      threads end; with none active, conv2d chooses per shape again ('auto').
+
+    The same object may be entered again, nested or from other threads.
 
     Parameters
     ----------
@@ -166,17 +206,39 @@ class force_conv_algorithm:
         self.name = name
 
     def __enter__(self):
+        stack = getattr(_local, "forced", None)
+        if stack is None:
+            stack = _local.forced = []
+        entry = _Forced(self, self.name, stack)
         with _lock:
-            self._old = _state["conv_algorithm"]
+            stack.append(entry)
+            _forced.append(entry)
             _state["conv_algorithm"] = self.name
         return self
 
     def __exit__(self, *exc):
+        mine = getattr(_local, "forced", None)
         with _lock:
-            _state["conv_algorithm"] = self._old
+            # this block: the innermost entry of this object in this thread, else (a block left
+            # from another thread than the one that entered it) the latest of this object anywhere
+            ours = [e for e in _forced if e.owner is self]
+            here = [e for e in ours if e.stack is mine]
+            if not ours:
+                raise RuntimeError("force_conv_algorithm: __exit__ without a matching __enter__")
+            entry = (here or ours)[-1]
+            entry.stack.remove(entry)
+            _forced.remove(entry)
+            _state["conv_algorithm"] = _forced[-1].name if _forced else "auto"
         return False
 
 
 def get_conv_algorithm():
-    """Return the forced conv2d algorithm, or 'auto'."""
+    """Return the conv2d algorithm forced for the calling thread (see force_conv_algorithm), or
+    'auto'."""
+    stack = getattr(_local, "forced", None)
+    if stack:
+        try:
+            return stack[-1].name
+        except IndexError:  # emptied meanwhile by a block left from another thread
+            pass
     return _state["conv_algorithm"]

@@ -135,6 +135,43 @@ def check_batch_grad(grad_output, name, func, output_shape, unbatched, dtype=Non
     return gy[None] if unbatched else gy
 
 
+# The kernels index with Py_ssize_t (int64). Every geometric quantity they see -- input and padded
+# sizes, paddings, kernel sizes, dilated kernel extents and strides, hence every position
+# o * stride - padding + i * dilation -- is kept at most _INDEX_LIMIT, so that a sum or difference
+# of a few such terms cannot overflow (4 * 2**60 < 2**63). The checks below refuse larger values
+# with a ValueError naming the argument, except where a value does not change the result: a
+# stride at least the padded size (only output position 0 exists, and o * stride = 0) is clamped
+# to that size, and the dilation of a kernel of size 1 to 1.
+_INDEX_LIMIT = 2**60
+
+
+def _index_bound(value, what, func):
+    """Raise ValueError unless ``value`` (a Python int, computed without overflow) is at most
+    _INDEX_LIMIT; ``what`` describes it, naming the argument."""
+    if value > _INDEX_LIMIT:
+        raise ValueError(
+            f"{func}: {what} is {value}, more than 2**60 = {_INDEX_LIMIT}, beyond which the "
+            f"kernels' int64 index arithmetic could overflow"
+        )
+
+
+def _axis_bounds(size, k, s, pad_total, d, func, argnames, axis):
+    """Check one axis' geometry against _INDEX_LIMIT: the dilated kernel extent and the padded
+    size. Returns the stride and dilation the kernels get: s clamped to the padded size (an
+    output of one position is all a larger stride can give, see _INDEX_LIMIT) and d = 1 for
+    k == 1. ``argnames`` maps "kernel", "padding", "dilation" to the argument names to report."""
+    _index_bound(k, f"{argnames['kernel']} along the {axis}", func)
+    if k == 1:
+        d = 1
+    else:
+        _index_bound(d * (k - 1) + 1, f"the dilated kernel extent dilation * (kernel - 1) + 1 "
+                     f"along the {axis} ({argnames['dilation']} {d}, kernel {k})", func)
+    padded = size + pad_total
+    _index_bound(padded, f"the padded input size along the {axis} (size {size} + "
+                 f"{argnames['padding']} {pad_total})", func)
+    return min(s, padded), d
+
+
 def to_pair(value, name, func, minimum=None):
     """Normalise an int or an (h, w) pair of ints to a tuple of two Python ints >= ``minimum``."""
     if isinstance(value, (tuple, list)) and len(value) == 1:
@@ -387,6 +424,9 @@ def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups, dtype
     sh, sw = to_pair(stride, "stride", func, minimum=1)
     dh, dw = to_pair(dilation, "dilation", func, minimum=1)
     pt, pb, pl, pr = _conv_padding(padding, kh, kw, dh, dw, (sh, sw), func)
+    names = {"kernel": "the weight's kernel size", "padding": "padding", "dilation": "dilation"}
+    ksh, kdh = _axis_bounds(H, kh, sh, pt + pb, dh, func, names, "height")
+    ksw, kdw = _axis_bounds(W, kw, sw, pl + pr, dw, func, names, "width")
     ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if ekh > H + pt + pb or ekw > W + pl + pr:
         raise ValueError(
@@ -398,7 +438,8 @@ def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups, dtype
     if bias is not None:
         bias = as_float_array(bias, "bias", func, ndims=(1,), dtype=x.dtype)
         check_shape(bias, (K,), "bias", func)
-    geo = ConvGeometry(N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+    # output sizes from the arguments as given; the kernels get the clamped stride and dilation
+    geo = ConvGeometry(N, C, H, W, K, kh, kw, ksh, ksw, pt, pb, pl, pr, kdh, kdw, groups,
                        conv_output_size(H, kh, sh, pt + pb, dh), conv_output_size(W, kw, sw, pl + pr, dw))
     return x, weight, bias, geo, unbatched
 
@@ -500,6 +541,9 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
         raise ValueError(
             f"{func}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"
         )
+    names = {"kernel": "kernel_size", "padding": "2 * padding", "dilation": "dilation"}
+    ksh, kdh = _axis_bounds(H, kh, sh, 2 * ph, dh, func, names, "height")
+    ksw, kdw = _axis_bounds(W, kw, sw, 2 * pw, dw, func, names, "width")
     Ho = pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
     Wo = pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
     if Ho < 1 or Wo < 1:
@@ -511,8 +555,10 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
         # Window o has taps o*s - p + i*d, i < k. A window starting inside the input is fine (the
         # output size rules keep every start below size), so only those starting in the left
         # padding are checked, by arithmetic: never one array element per tap, whatever k is.
+        # The first tap at or after 0 lies at (o*s - p) mod d < d, so with d <= size every window
+        # reaches the input (and the loop below, up to p iterations, is skipped).
         only_padding = False
-        for o in range(n_out):
+        for o in range(n_out if d > size else 0):
             st = o * s - p
             if st >= 0:
                 break
@@ -526,7 +572,8 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
                 f"(size {size}, kernel {k}, stride {s}, padding {p}, dilation {d}); "
                 f"reduce padding or dilation"
             )
-    return PoolGeometry(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    # output sizes from the arguments as given; the kernels get the clamped stride and dilation
+    return PoolGeometry(N, C, H, W, kh, kw, ksh, ksw, ph, pw, kdh, kdw, Ho, Wo)
 
 
 def check_input_shape(input_shape, name, func):

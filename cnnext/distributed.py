@@ -1,23 +1,24 @@
-"""Data-parallel training over MPI: a gradient-averaging model wrapper, a sharding sampler, metrics.
+"""Data-parallel training over MPI: a gradient-averaging model wrapper, a sharding sampler and loader, metrics.
 
 Needs the optional extra ``pip install "cnnext[mpi]"`` (mpi4py plus the MPICH wheel; on a cluster
 build mpi4py against the system MPI instead). ``mpi4py`` is imported only when a communicator is
 needed, so ``import cnnext.distributed`` always works and ``DistributedSampler`` with explicit
-``num_replicas``/``rank`` runs without MPI.
+``num_replicas``/``rank`` runs without MPI. This module is a library: the command line's
+``train --distributed`` (in ``cnnext.cli.train``) is built on it and on ``cnnext.training.fit``.
 
-One training step on every rank::
+Training on every rank (``mpiexec -n N python script.py``), with the one training loop::
 
-    from cnnext import distributed as dist
+    import functools
+    from cnnext import distributed as dist, nn, optim, training
+
     ddp = dist.DistributedDataParallel(model)        # rank 0's weights are broadcast to all ranks
-    sampler = dist.DistributedSampler(len(X), seed=0)
-    opt = optim.SGD(ddp.parameters(), lr=0.1)
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for xb, yb in sampler.minibatches(X, y, batch_size):   # this rank's shard
-            opt.zero_grad()
-            loss = criterion(ddp(xb), yb)
-            ddp.backward(criterion.backward())               # gradients averaged over the ranks
-            opt.step()
+    history = training.fit(
+        ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.1),
+        dist.DistributedLoader(X, y, batch_size=32, seed=0),    # this rank's shard, per epoch
+        epochs=5, reduce=functools.partial(dist.reduce_metrics, comm=ddp.comm))  # metrics of all ranks
+
+``ddp.backward`` averages the gradients over the ranks, so every rank's optimizer takes the same
+step; ``DistributedSampler.minibatches`` and ``ddp.backward`` also serve hand-written loops.
 
 Design
 ------
@@ -34,13 +35,12 @@ Design
   rank to reach the collective.
 """
 import contextlib
-import os
-import sys
 import time
 from collections import OrderedDict
 
 import numpy as np
 
+from cnnext._validation import check_float, check_int
 from cnnext.nn.module import Module
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
     "allreduce_sum",
     "reduce_metrics",
     "shard_range",
-    "train_cli",
+    "DistributedLoader",
     "INSTALL_HINT",
 ]
 
@@ -85,15 +85,6 @@ def get_comm(comm=None):
                             f"got {type(comm).__name__}")
         return comm
     return _mpi().COMM_WORLD
-
-
-def _check_int(value, name, owner, minimum=0):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,23 +133,23 @@ class DistributedSampler:
 
     def __init__(self, n_samples, num_replicas=None, rank=None, shuffle=True, seed=0,
                  drop_last=False, comm=None):
-        owner = "DistributedSampler"
-        self.n_samples = _check_int(n_samples, "n_samples", owner, 1)
+        func = "DistributedSampler"
+        self.n_samples = check_int(n_samples, "n_samples", func, minimum=1)
         if num_replicas is None or rank is None:
             c = get_comm(comm)
             num_replicas = c.Get_size() if num_replicas is None else num_replicas
             rank = c.Get_rank() if rank is None else rank
-        self.num_replicas = _check_int(num_replicas, "num_replicas", owner, 1)
-        self.rank = _check_int(rank, "rank", owner, 0)
+        self.num_replicas = check_int(num_replicas, "num_replicas", func, minimum=1)
+        self.rank = check_int(rank, "rank", func, minimum=0)
         if self.rank >= self.num_replicas:
-            raise ValueError(f"{owner}: rank must be in [0, num_replicas={self.num_replicas}), got {self.rank}")
-        self.seed = _check_int(seed, "seed", owner, 0)
+            raise ValueError(f"{func}: rank must be in [0, num_replicas={self.num_replicas}), got {self.rank}")
+        self.seed = check_int(seed, "seed", func, minimum=0)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         if self.drop_last:
             self.num_samples = self.n_samples // self.num_replicas
             if self.num_samples == 0:
-                raise ValueError(f"{owner}: n_samples={self.n_samples} < num_replicas={self.num_replicas} "
+                raise ValueError(f"{func}: n_samples={self.n_samples} < num_replicas={self.num_replicas} "
                                  f"leaves every rank empty with drop_last=True; use drop_last=False")
         else:
             self.num_samples = -(-self.n_samples // self.num_replicas)
@@ -167,7 +158,7 @@ class DistributedSampler:
 
     def set_epoch(self, epoch):
         """Select the epoch whose permutation ``indices`` returns (call it on every rank)."""
-        self.epoch = _check_int(epoch, "epoch", "DistributedSampler.set_epoch", 0)
+        self.epoch = check_int(epoch, "epoch", "DistributedSampler.set_epoch", minimum=0)
 
     def global_order(self):
         """Return the padded (or truncated) permutation shared by all ranks, length ``total_size``."""
@@ -191,7 +182,7 @@ class DistributedSampler:
 
     def num_batches(self, batch_size):
         """Steps per epoch with minibatches of ``batch_size`` (the last one may be partial)."""
-        batch_size = _check_int(batch_size, "batch_size", "DistributedSampler.num_batches", 1)
+        batch_size = check_int(batch_size, "batch_size", "DistributedSampler.num_batches", minimum=1)
         return -(-self.num_samples // batch_size)
 
     def minibatches(self, X, y=None, batch_size=32):
@@ -205,15 +196,15 @@ class DistributedSampler:
             Per-rank batch size; the last batch holds ``num_samples % batch_size`` samples when that
             is not zero (the same on every rank).
         """
-        owner = "DistributedSampler.minibatches"
-        batch_size = _check_int(batch_size, "batch_size", owner, 1)
+        func = "DistributedSampler.minibatches"
+        batch_size = check_int(batch_size, "batch_size", func, minimum=1)
         X = np.asarray(X)
         if X.ndim < 1 or X.shape[0] != self.n_samples:
-            raise ValueError(f"{owner}: X must have n_samples={self.n_samples} rows, got shape {X.shape}")
+            raise ValueError(f"{func}: X must have n_samples={self.n_samples} rows, got shape {X.shape}")
         if y is not None:
             y = np.asarray(y)
             if y.ndim < 1 or y.shape[0] != self.n_samples:
-                raise ValueError(f"{owner}: y must have n_samples={self.n_samples} rows, got shape {y.shape}")
+                raise ValueError(f"{func}: y must have n_samples={self.n_samples} rows, got shape {y.shape}")
         idx = self.indices()
         for start in range(0, idx.size, batch_size):
             b = idx[start:start + batch_size]
@@ -224,15 +215,73 @@ class DistributedSampler:
                 f"rank={self.rank}, shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last})")
 
 
+class DistributedLoader:
+    """This rank's minibatches of in-memory arrays, from a ``DistributedSampler`` shard per epoch.
+
+    A loader for ``cnnext.training.fit``: iterating gives ``(X[idx], y[idx])`` for this rank's
+    indices of the current epoch, ``len`` is the number of steps per epoch (the same on every
+    rank), and ``set_epoch`` (which ``fit`` calls before every pass) selects the permutation.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, ...)
+        The whole dataset, the same on every rank.
+    y : array_like, shape (n_samples, ...), optional
+    batch_size : int
+        Per-rank batch size (the global batch is ``num_replicas`` times larger).
+    shuffle, seed, drop_last, num_replicas, rank, comm
+        As for ``DistributedSampler``.
+
+    Attributes
+    ----------
+    sampler : DistributedSampler
+
+    Examples
+    --------
+    >>> ddp = DistributedDataParallel(model)
+    >>> loader = DistributedLoader(X, y, batch_size=32, seed=0)
+    >>> history = training.fit(ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.1),
+    ...                        loader, epochs=5, reduce=functools.partial(reduce_metrics, comm=ddp.comm))
+    """
+
+    def __init__(self, X, y=None, batch_size=32, shuffle=True, seed=0, drop_last=False, num_replicas=None,
+                 rank=None, comm=None):
+        func = "DistributedLoader"
+        X = np.asarray(X)
+        if X.ndim < 1:
+            raise ValueError(f"{func}: X must have a sample axis, got a 0-d array")
+        if y is not None:
+            y = np.asarray(y)
+            if y.ndim < 1 or y.shape[0] != X.shape[0]:
+                raise ValueError(f"{func}: y must have one entry per sample of X ({X.shape[0]}), got shape {y.shape}")
+        self.batch_size = check_int(batch_size, "batch_size", func, minimum=1)
+        self.sampler = DistributedSampler(X.shape[0], num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                          seed=seed, drop_last=drop_last, comm=comm)
+        self.X, self.y = X, y
+
+    def set_epoch(self, epoch):
+        """Select the epoch (from 0) whose shard the next iteration gives."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return self.sampler.num_batches(self.batch_size)
+
+    def __iter__(self):
+        return self.sampler.minibatches(self.X, self.y, self.batch_size)
+
+    def __repr__(self):
+        return f"DistributedLoader(batch_size={self.batch_size}, sampler={self.sampler!r})"
+
+
 def shard_range(n, rank, size):
     """Return ``(start, stop)`` of rank ``rank``'s contiguous block of ``range(n)`` among ``size`` ranks.
 
     The blocks differ in length by at most one and cover ``range(n)`` exactly once (no padding),
     which is what evaluation needs: the summed metrics count every sample once.
     """
-    n = _check_int(n, "n", "shard_range", 0)
-    size = _check_int(size, "size", "shard_range", 1)
-    rank = _check_int(rank, "rank", "shard_range", 0)
+    n = check_int(n, "n", "shard_range", minimum=0)
+    size = check_int(size, "size", "shard_range", minimum=1)
+    rank = check_int(rank, "rank", "shard_range", minimum=0)
     if rank >= size:
         raise ValueError(f"shard_range: rank must be in [0, size={size}), got {rank}")
     q, r = divmod(n, size)
@@ -370,19 +419,16 @@ class DistributedDataParallel(Module):
     """
 
     def __init__(self, module, comm=None, bucket_cap_mb=25.0, broadcast_parameters=True):
-        owner = "DistributedDataParallel"
+        func = "DistributedDataParallel"
         if not isinstance(module, Module):
-            raise TypeError(f"{owner}: module must be a cnnext.nn.Module, got {type(module).__name__}")
-        if isinstance(bucket_cap_mb, (bool, np.bool_)) or not isinstance(bucket_cap_mb, (int, float, np.number)):
-            raise TypeError(f"{owner}: bucket_cap_mb must be a number, got {bucket_cap_mb!r}")
-        if not bucket_cap_mb > 0:
-            raise ValueError(f"{owner}: bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+            raise TypeError(f"{func}: module must be a cnnext.nn.Module, got {type(module).__name__}")
+        bucket_cap_mb = check_float(bucket_cap_mb, "bucket_cap_mb", func, minimum=0.0, open_min=True)
         super().__init__()
         self.module = module
         self.comm = get_comm(comm)
         self.rank = self.comm.Get_rank()
         self.world_size = self.comm.Get_size()
-        self.bucket_cap_bytes = int(float(bucket_cap_mb) * 2 ** 20)
+        self.bucket_cap_bytes = int(bucket_cap_mb * 2 ** 20)
         self.allreduce_times = []
         self._sync = True
         self._buckets = []
@@ -512,201 +558,3 @@ class DistributedDataParallel(Module):
 
     def extra_repr(self):
         return f"world_size={self.world_size}, rank={self.rank}, buckets={len(self._buckets)}"
-
-
-# ---------------------------------------------------------------------------------------------
-# ``python -m cnnext train --distributed``
-# ---------------------------------------------------------------------------------------------
-def _make_optimizer(name, params, lr, weight_decay):
-    """The CLI's optimizers: sgd (momentum 0.9), adam, adamw (weight decay 1e-2 by default)."""
-    from cnnext import optim
-
-    if name == "sgd":
-        wd = weight_decay or 0.0
-        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd), \
-            f"sgd lr={lr:g} momentum=0.9" + (f" weight_decay={wd:g}" if wd else "")
-    if name == "adamw":
-        wd = 1e-2 if weight_decay is None else weight_decay
-        return optim.AdamW(params, lr=lr, weight_decay=wd), f"adamw lr={lr:g} weight_decay={wd:g}"
-    wd = weight_decay or 0.0
-    return optim.Adam(params, lr=lr, weight_decay=wd), f"adam lr={lr:g}" + (f" weight_decay={wd:g}" if wd else "")
-
-
-def _evaluate_sharded(model, X, y, comm, batch_size=256):
-    """Test loss and accuracy with each rank scoring a contiguous block (every sample counted once)."""
-    from cnnext.functional import cross_entropy
-
-    start, stop = shard_range(X.shape[0], comm.Get_rank(), comm.Get_size())
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for i in range(start, stop, batch_size):
-        j = min(i + batch_size, stop)
-        logits = model(X[i:j])
-        loss_sum += float(cross_entropy(logits, y[i:j], "sum"))
-        correct += int(np.sum(logits.argmax(axis=1) == y[i:j]))
-    t = reduce_metrics({"loss_sum": loss_sum, "correct": correct, "count": stop - start}, comm)
-    return t["loss_sum"] / t["count"], t["correct"] / t["count"]
-
-
-def train_cli(args, cli):
-    """Run ``python -m cnnext train --distributed`` on every rank of ``MPI.COMM_WORLD``.
-
-    Launch with ``mpiexec -n N python -m cnnext train --distributed [options]``. The model, data and
-    options are those of the plain ``train`` command; ``--batch-size`` is the batch of each rank
-    (the global batch is N times larger). Each rank trains on its ``DistributedSampler`` shard,
-    gradients are averaged with ``DistributedDataParallel``, per-epoch metrics are reduced over
-    the ranks, and only rank 0 prints and saves the model. At the end rank 0 reports the training
-    throughput and the time spent in the gradient ``Allreduce``.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        The parsed ``train`` options.
-    cli : module
-        ``cnnext.__main__`` (its data loading, model builder, thread setting, plotting and the
-        ``_UsageError`` it reports as one line).
-
-    Returns
-    -------
-    int
-        Exit status (0).
-    """
-    from tqdm import tqdm
-
-    from cnnext import nn, save
-    from cnnext._version import __version__
-
-    try:
-        comm = get_comm()
-    except ImportError as exc:
-        raise cli._UsageError(f"--distributed: {exc}") from None
-    rank, size = comm.Get_rank(), comm.Get_size()
-    lead = rank == 0
-
-    def say(*a, **k):
-        if lead:
-            print(*a, **k, flush=True)
-
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise cli._UsageError("--plot needs matplotlib: pip install 'cnnext[plot]' (or matplotlib)") from None
-    if (args.download or args.dataset != "mnist") and args.data is None:
-        raise cli._UsageError("--download and --dataset need --data DIR")
-    save_path = args.save or ("cnnext_digits.npz" if args.data is None else "cnnext_mnist.npz")
-    save_dir = os.path.dirname(os.path.abspath(save_path))
-    if not os.path.isdir(save_dir):
-        raise cli._UsageError(f"--save {save_path}: directory {save_dir} does not exist")
-    cli._set_threads(args.threads)
-    if args.download:  # one rank downloads, the others then read the verified files
-        if lead:
-            cli._load_data(args.data, args.dataset, True)
-        comm.Barrier()
-    train, test, source, meta = cli._load_data(args.data, args.dataset, False)
-    X, y = train
-    if args.limit is not None:
-        X, y = X[:args.limit], y[:args.limit]
-    n_classes = int(max(y.max(), test.y.max())) + 1
-
-    def run():  # from here on, an error on one rank must stop all of them (below)
-        model = cli._build_model(X.shape[1:], args.channels, n_classes, np.random.default_rng(args.seed))
-        ddp = DistributedDataParallel(model, comm=comm)
-        lr = args.lr if args.lr is not None else cli._DEFAULT_LR[args.optimizer]
-        opt, opt_desc = _make_optimizer(args.optimizer, ddp.parameters(), lr, args.weight_decay)
-        criterion = nn.CrossEntropyLoss()
-        sampler = DistributedSampler(X.shape[0], seed=args.seed, comm=comm)
-        steps = sampler.num_batches(args.batch_size)
-
-        n_params = sum(p.size for p in model.parameters())
-        h, w = X.shape[2:]
-        say(f"cnnext {__version__}: distributed training on {size} MPI rank{'s' * (size > 1)}, {source}: "
-            f"{X.shape[0]} train / {test.X.shape[0]} test images of {h}x{w}, {n_classes} classes")
-        say(f"model: {model}".replace("\n", "\n       "))
-        say(f"       {n_params:,} parameters; {opt_desc}; batch size {args.batch_size} per rank "
-            f"({args.batch_size * size} global); {steps} steps/epoch; {args.epochs} epochs; {args.schedule} "
-            f"lr schedule; seed {args.seed}; {args.threads} thread{'s' * (args.threads > 1)} per rank; "
-            f"{len(ddp.buckets)} gradient bucket{'s' * (len(ddp.buckets) > 1)}")
-        history = {"epoch": [], "loss": [], "train_acc": [], "test_acc": [], "test_loss": []}
-        width = len(str(args.epochs))
-        t0 = time.perf_counter()
-        train_time, images = 0.0, 0
-        for epoch in range(1, args.epochs + 1):
-            ddp.train()
-            sampler.set_epoch(epoch - 1)
-            loss_sum, correct, seen = 0.0, 0, 0
-            bar = tqdm(total=steps, desc=f"epoch {epoch:>{width}}/{args.epochs}", unit="batch", leave=False,
-                       file=sys.stderr, disable=args.no_progress or not lead, dynamic_ncols=True,
-                       mininterval=0.1, ascii=True)  # ASCII: some MPI launchers (gforker) drop UTF-8
-            te = time.perf_counter()
-            for i, (xb, yb) in enumerate(sampler.minibatches(X, y, args.batch_size)):
-                if args.schedule == "cosine":
-                    frac = ((epoch - 1) * steps + i) / (args.epochs * steps)
-                    for group in opt.param_groups:
-                        group["lr"] = 0.5 * lr * (1.0 + np.cos(np.pi * frac))
-                opt.zero_grad()
-                logits = ddp(xb)
-                loss = criterion(logits, yb)
-                ddp.backward(criterion.backward(), input_grad=False)
-                opt.step()
-                loss_sum += loss * yb.shape[0]
-                correct += int(np.sum(logits.argmax(axis=1) == yb))
-                seen += yb.shape[0]
-                if lead and not bar.disable:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f} (rank 0)", refresh=False)
-                    bar.update(1)
-            bar.refresh()
-            bar.close()
-            train_time += time.perf_counter() - te
-            tot = reduce_metrics({"loss_sum": loss_sum, "correct": correct, "count": seen}, comm)
-            images += int(tot["count"])
-            if not np.isfinite(tot["loss_sum"]):  # the same verdict on every rank
-                raise cli._UsageError(f"the loss diverged in epoch {epoch}; try a smaller --lr")
-            test_loss, test_acc = _evaluate_sharded(model, *test, comm)
-            history["epoch"].append(epoch)
-            history["loss"].append(tot["loss_sum"] / tot["count"])
-            history["train_acc"].append(tot["correct"] / tot["count"])
-            history["test_acc"].append(test_acc)
-            history["test_loss"].append(test_loss)
-            say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
-                f"train acc {100 * history['train_acc'][-1]:5.1f}%  test loss {test_loss:.4f}  "
-                f"test acc {100 * test_acc:5.1f}%  ({time.perf_counter() - t0:.1f} s)")
-        elapsed = time.perf_counter() - t0
-        ar = ddp.allreduce_stats()
-        # per-rank figures averaged over the ranks: [allreduce seconds, steps, training seconds]
-        sums = allreduce_sum([ar["total_s"], ar["steps"], train_time], comm)
-        ar_ms = 1e3 * sums[0] / max(sums[1], 1)
-        step_ms = 1e3 * sums[2] / max(sums[1], 1)
-        final_acc = history["test_acc"][-1]
-        n_test = test.X.shape[0]
-        if lead:
-            meta.update({"input_shape": list(X.shape[1:]), "classes": n_classes, "epochs": args.epochs,
-                         "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
-                         "test_accuracy": final_acc, "train_seconds": round(elapsed, 3),
-                         "mpi_ranks": size, "global_batch_size": args.batch_size * size})
-            model.eval()
-            save(model, save_path, metadata=meta)
-        say(f"test accuracy {100 * final_acc:.2f}% ({int(round(final_acc * n_test))}/{n_test}) "
-            f"after {args.epochs} epochs in {elapsed:.1f} s")
-        say(f"throughput {images / train_time:,.0f} images/s on {size} rank{'s' * (size > 1)} "
-            f"({train_time:.2f} s of training steps); gradient Allreduce {ar_ms:.3f} ms per step "
-            f"of {step_ms:.2f} ms ({100 * ar_ms / step_ms if step_ms else 0:.1f}%)")
-        say(f"model saved to {save_path}")
-        if lead and args.plot is not None:
-            cli._plot(history, model, args.plot)
-            say(f"plot saved to {args.plot}")
-        comm.Barrier()  # rank 0 has saved: every rank exits with the file in place
-        return 0
-
-    try:
-        return run()
-    except cli._UsageError:  # raised alike on every rank (e.g. a diverged loss, reduced over the ranks)
-        raise
-    except Exception as exc:  # one rank failing alone would leave the others waiting forever
-        try:
-            print(f"cnnext train --distributed: rank {rank}: {type(exc).__name__}: {exc}; aborting all ranks",
-                  file=sys.stderr, flush=True)
-        except Exception:  # stderr itself may be the broken pipe
-            pass
-        comm.Abort(1)
-        raise

@@ -76,13 +76,13 @@ def gradcheck(module, x, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception
 
     def f():
         _restore(gens)
-        return m.forward(x)
+        return m(x)
 
     y = f()
     v = np.random.default_rng(seed).standard_normal(np.shape(y))
     m.zero_grad()
     _restore(gens)
-    y = m.forward(x)
+    y = m(x)
     gx = m.backward(v)
     targets = [("input", x, np.asarray(gx, dtype=np.float64))]
     targets += [(name, p.data, p.grad.copy()) for name, p in m.named_parameters()]

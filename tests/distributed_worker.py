@@ -104,7 +104,8 @@ def main(out):
 def fail_one_rank(save_path):
     """``train --distributed`` where rank 1 alone raises at its third step: all ranks must stop."""
     from mpi4py import MPI
-    import cnnext.__main__ as cli
+
+    from cnnext.cli import main
 
     if MPI.COMM_WORLD.Get_rank() == 1:
         backward, calls = dist.DistributedDataParallel.backward, []
@@ -116,7 +117,7 @@ def fail_one_rank(save_path):
             return backward(self, *a, **k)
 
         dist.DistributedDataParallel.backward = failing
-    return cli.main(["train", "--distributed", "--epochs", "2", "--no-progress", "--save", save_path])
+    return main(["train", "--distributed", "--epochs", "2", "--no-progress", "--save", save_path])
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_version_and_no_arguments(capsys):
 
 def run_here(args, capsys):
     """Run the command line in this process (for the cheap argument checks)."""
-    from cnnext.__main__ import main
+    from cnnext.cli import main
 
     try:
         rc = main(args)
@@ -173,7 +173,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None; from cnnext.__main__ import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from cnnext.cli import main; "
             "sys.exit(main(['train', '--plot', 'x.png']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_ENV, capture_output=True,
                           text=True, timeout=120)
@@ -220,3 +220,99 @@ def test_demo_runs_the_learn_dl_example(tmp_path):
     assert re.search(r"largest \|analytic - central difference\| = \d\.\d\de-\d\d", out)
     assert "6. 8. 3. 4. 5. 7. 9. 6." in flat  # max pooling
     assert re.search(r"forward +[\d.]+ ms", out) and re.search(r"backward +[\d.]+ ms", out)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings on the way to inf
+def test_a_diverging_loss_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_here(["train", "--optimizer", "sgd", "--lr", "1e9", "--epochs", "2", "--no-progress"], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert re.fullmatch(r"cnnext train: error: the loss diverged to (inf|nan) in epoch 1; try a smaller --lr\n", err)
+    assert not (tmp_path / "cnnext_digits.npz").exists()
+
+
+# -- the package layout ---------------------------------------------------------------------------
+PKG = os.path.dirname(os.path.abspath(cnnext.__file__))
+
+
+def test_main_module_only_calls_the_cli():
+    import cnnext.__main__
+    import cnnext.cli
+
+    assert cnnext.__main__.main is cnnext.cli.main
+    assert len(open(os.path.join(PKG, "__main__.py")).read().splitlines()) <= 6
+
+
+def _imports_of(path, package):
+    """Absolute names of the modules (and module attributes) a file imports."""
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            yield module
+            yield from (f"{module}.{a.name}" for a in node.names)
+
+
+def test_no_library_module_imports_the_cli():
+    offenders = []
+    for root, _, files in os.walk(PKG):
+        for f in files:
+            path = os.path.join(root, f)
+            rel = os.path.relpath(path, PKG)
+            if not f.endswith(".py") or rel == "__main__.py" or rel.split(os.sep)[0] == "cli":
+                continue
+            package = ".".join(["cnnext"] + os.path.dirname(rel).split(os.sep)).rstrip(".")
+            offenders += [f"{rel}: {m}" for m in _imports_of(path, package)
+                          if m == "cnnext.cli" or m.startswith("cnnext.cli.")]
+    assert offenders == []
+    # and at run time: the library's modules load without it
+    code = ("import sys, cnnext, cnnext.training, cnnext.distributed, cnnext.optim, cnnext.datasets, cnnext.nn, "
+            "cnnext.functional, cnnext.serialization, cnnext.gradcheck, cnnext.dask; "
+            "print(sorted(m for m in sys.modules if m == 'cnnext.cli' or m.startswith('cnnext.cli.')))")
+    proc = subprocess.run([sys.executable, "-c", code], env=_ENV, capture_output=True, text=True, timeout=120,
+                          cwd=tempfile.mkdtemp(prefix="cnnext-cli-"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_cli_sets_threads_through_threadpoolctl_only():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from cnnext.cli._common import set_threads
+
+    old = cnnext.get_num_threads()
+    with threadpool_limits(limits=None):  # restores the BLAS thread counts afterwards
+        try:
+            set_threads(1)
+            assert cnnext.get_num_threads() == 1
+            blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+            assert blas and all(i["num_threads"] == 1 for i in blas), blas
+            set_threads(2)
+            assert cnnext.get_num_threads() == 2
+            assert all(i["num_threads"] == 2 for i in threadpool_info() if i["user_api"] == "blas")
+        finally:
+            cnnext.set_num_threads(old)
+    for root, _, files in os.walk(os.path.join(PKG, "cli")):
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(root, f), encoding="utf-8").read()
+                assert "ctypes" not in text and "/proc/self/maps" not in text, f
+
+
+def test_console_script_points_at_cnnext_cli_main():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    import cnnext.cli
+
+    try:
+        eps = [ep for ep in distribution("cnnext").entry_points if ep.group == "console_scripts"]
+    except PackageNotFoundError:
+        pytest.skip("cnnext is not installed (run from a source tree without metadata)")
+    (ep,) = [ep for ep in eps if ep.name == "cnnext"]
+    assert ep.value == "cnnext.cli:main", f"stale metadata ({ep.value}): reinstall cnnext (pip install -e .)"
+    assert ep.load() is cnnext.cli.main

@@ -216,6 +216,21 @@ def test_reduce_metrics_single_rank_and_errors():
         dist.DistributedDataParallel(worker.build_model(0), comm=object())
 
 
+def test_checks_are_the_package_ones():
+    # cnnext._validation's check_int / check_float: numpy integers pass, bools and inf do not
+    s = dist.DistributedSampler(np.int64(10), num_replicas=np.int32(2), rank=np.int64(1), seed=np.uint8(3))
+    assert (s.n_samples, s.num_replicas, s.rank, s.seed) == (10, 2, 1, 3)
+    with pytest.raises(TypeError, match="DistributedSampler: seed must be an int, got bool True"):
+        dist.DistributedSampler(10, 2, 0, seed=True)
+    with pytest.raises(ValueError, match="shard_range: size must be >= 1, got 0"):
+        dist.shard_range(4, 0, 0)
+    with pytest.raises(ValueError, match="DistributedDataParallel: bucket_cap_mb must be finite"):
+        dist.DistributedDataParallel(worker.build_model(0), comm=OneRank(), bucket_cap_mb=float("inf"))
+    with pytest.raises(TypeError, match="bucket_cap_mb must be a real number"):
+        dist.DistributedDataParallel(worker.build_model(0), comm=OneRank(), bucket_cap_mb=True)
+    assert "train_cli" not in dist.__all__ and not hasattr(dist, "train_cli")   # the CLI is cnnext.cli's
+
+
 def test_missing_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)   # makes "from mpi4py import MPI" fail
     with pytest.raises(ImportError, match=r"cnnext\[mpi\]"):
@@ -223,6 +238,51 @@ def test_missing_mpi4py_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"cnnext\[mpi\]"):
         dist.DistributedSampler(10)
     dist.DistributedSampler(10, num_replicas=2, rank=1)     # explicit ranks need no MPI
+
+
+def test_loader_gives_the_sampler_shards_and_fit_sets_the_epoch():
+    X, y = worker.make_data(20)
+    loader = dist.DistributedLoader(X, y, batch_size=3, seed=4, num_replicas=3, rank=1)
+    s = dist.DistributedSampler(20, 3, 1, seed=4)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        s.set_epoch(epoch)
+        got = list(loader)
+        assert len(got) == len(loader) == 3                   # 7 per rank: batches of 3, 3, 1
+        np.testing.assert_array_equal(np.concatenate([xb for xb, _ in got]), X[s.indices()])
+        np.testing.assert_array_equal(np.concatenate([yb for _, yb in got]), y[s.indices()])
+    with pytest.raises(ValueError, match="DistributedLoader: y must have one entry per sample"):
+        dist.DistributedLoader(X, y[:5], num_replicas=1, rank=0)
+    with pytest.raises(ValueError, match="DistributedLoader: batch_size must be >= 1"):
+        dist.DistributedLoader(X, y, batch_size=0, num_replicas=1, rank=0)
+
+
+def test_fit_with_the_wrapper_on_one_rank_is_plain_fit():
+    """The pieces ``train --distributed`` hands to training.fit, in a world of one rank."""
+    import functools
+
+    from cnnext import training
+
+    X, y = worker.make_data(30)
+    plain = worker.build_model(7)
+    order = []
+    for epoch in range(2):   # the sampler's documented permutation, built here
+        perm = np.random.default_rng([5, epoch]).permutation(30)
+        order += [(X[perm[i:i + 8]], y[perm[i:i + 8]]) for i in range(0, 30, 8)]
+    opt = optim.SGD(plain.parameters(), lr=0.05, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    for xb, yb in order:
+        opt.zero_grad()
+        crit(plain(xb), yb)
+        plain.backward(crit.backward(), input_grad=False)
+        opt.step()
+    comm = OneRank()
+    ddp = dist.DistributedDataParallel(worker.build_model(7), comm=comm)
+    hist = training.fit(ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9),
+                        dist.DistributedLoader(X, y, batch_size=8, seed=5, comm=comm), 2, progress=False,
+                        reduce=functools.partial(dist.reduce_metrics, comm=comm))
+    np.testing.assert_array_equal(worker.flat(ddp.module), worker.flat(plain))
+    assert hist["samples"] == [30, 30] and len(ddp.allreduce_times) == 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +438,7 @@ def test_cli_train_distributed_two_ranks(tmp_path):
 
 
 def test_cli_distributed_without_mpi4py_is_one_line(monkeypatch, capsys, tmp_path):
-    from cnnext.__main__ import main
+    from cnnext.cli import main
 
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     status = main(["train", "--distributed", "--epochs", "1", "--save", str(tmp_path / "m.npz")])

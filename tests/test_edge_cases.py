@@ -229,6 +229,83 @@ def test_float32_conv2d_and_linear_huge_values_without_overflow():
     np.testing.assert_allclose(y, 3e38, rtol=1e-5)
 
 
+def _winograd_sized(rng, scale_x, scale_w=0.01):
+    """A float32 problem that the automatic choice gives to Winograd (3x3, 8 channels, 16x16)."""
+    from cnnext._validation import check_conv2d
+    from cnnext.functional import _conv_dispatch
+    x = (rng.standard_normal((1, 8, 16, 16)) * scale_x).astype(np.float32)
+    w = (rng.standard_normal((8, 8, 3, 3)) * scale_w).astype(np.float32)
+    assert _conv_dispatch._algorithm(check_conv2d("t", x, w, None, 1, 1, 1, 1)[3], x.dtype) == "winograd"
+    return x, w
+
+
+def test_automatic_winograd_never_turns_a_finite_result_into_nan():
+    """Issue 13, item 4: float32 inputs of magnitude 1e37 overflow Winograd's transforms (NaN in
+    every output) where im2col + GEMM is finite. The automatic choice gives GEMM's finite result,
+    for the output, grad_input and grad_weight alike; a forced 'winograd' computes as it does."""
+    rng = np.random.default_rng(11)
+    x, w = _winograd_sized(rng, 1e37)
+    gy = (rng.standard_normal((1, 8, 16, 16)) * 1e37).astype(np.float32)
+    gy_small = (rng.standard_normal((1, 8, 16, 16)) * 1e-2).astype(np.float32)
+    with force_conv_algorithm("winograd"):
+        assert not np.isfinite(F.conv2d(x, w, padding=1)).any()
+        gx_w, _, _ = F.conv2d_backward(gy, x, w, padding=1)
+        _, gw_w, _ = F.conv2d_backward(gy_small, x, w, padding=1)
+        assert not np.isfinite(gx_w).all() and not np.isfinite(gw_w).all()
+    y = F.conv2d(x, w, padding=1)
+    gx, _, _ = F.conv2d_backward(gy, x, w, padding=1)  # grad_input: gy 1e37 times small weights
+    _, gw, gb = F.conv2d_backward(gy_small, x, w, padding=1)  # grad_weight: x 1e37 times 1e-2
+    ey = oracle.conv2d(x, w, padding=1)
+    egx, _, _ = oracle.conv2d_backward(gy, x, w, padding=1)
+    _, egw, egb = oracle.conv2d_backward(gy_small, x, w, padding=1)
+    for got, want in ((y, ey), (gx, egx), (gw, egw), (gb, egb)):
+        assert np.isfinite(want).all() and (np.abs(want) < np.finfo(np.float32).max).all()
+        assert np.isfinite(got).all()
+        oracle.assert_close(got, want)
+    with force_conv_algorithm("gemm"):
+        np.testing.assert_array_equal(y, F.conv2d(x, w, padding=1))
+    if torch is not None:
+        np.testing.assert_allclose(y, TF.conv2d(_t(x), _t(w), padding=1).numpy(), rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(ey).max()))
+
+
+def test_automatic_winograd_keeps_gemm_nan_positions():
+    """One NaN in the input: Winograd would spread it over its whole 4x4 output tile; the
+    automatic choice gives NaN exactly where GEMM (and PyTorch) do, finite values elsewhere."""
+    rng = np.random.default_rng(12)
+    x, w = _winograd_sized(rng, 1.0, 1.0)
+    x[0, 3, 5, 6] = NAN
+    x[0, 2, 0, 0] = INF
+    y = F.conv2d(x, w, padding=1)
+    gy = np.ones_like(y)
+    gy[0, 1, 7, 7] = NAN
+    gx, gw, _ = F.conv2d_backward(gy, x, w, padding=1)
+    with force_conv_algorithm("gemm"):
+        ey = F.conv2d(x, w, padding=1)
+        egx, egw, _ = F.conv2d_backward(gy, x, w, padding=1)
+    _same_with_nan(y, oracle.conv2d(x, w, padding=1), np.float32)
+    for got, want in ((y, ey), (gx, egx), (gw, egw)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    assert np.isfinite(y).sum() > 0.9 * y.size  # only the windows over the NaN and inf
+    if torch is not None:
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(TF.conv2d(_t(x), _t(w), padding=1).numpy()))
+
+
+def test_automatic_winograd_is_winograd_on_ordinary_values():
+    """The overflow check does not change the common case: bitwise the forced Winograd result."""
+    rng = np.random.default_rng(13)
+    x, w = _winograd_sized(rng, 1.0)
+    gy = rng.standard_normal((1, 8, 16, 16)).astype(np.float32)
+    y = F.conv2d(x, w, padding=1)
+    gx, gw, _ = F.conv2d_backward(gy, x, w, padding=1)
+    with force_conv_algorithm("winograd"):
+        np.testing.assert_array_equal(y, F.conv2d(x, w, padding=1))
+        wgx, wgw, _ = F.conv2d_backward(gy, x, w, padding=1)
+    np.testing.assert_array_equal(gx, wgx)
+    np.testing.assert_array_equal(gw, wgw)
+
+
 def test_float32_loss_means_do_not_overflow_when_the_mean_fits():
     x = np.full(10, 1e19, dtype=np.float32)  # each square 1e38 fits; their sum does not; the mean does
     got = F.mse_loss(x, np.zeros_like(x))

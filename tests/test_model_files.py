@@ -88,7 +88,7 @@ def test_failed_rename_keeps_the_previous_file_and_no_temp_file(tmp_path, monkey
 
 def test_save_onto_a_directory_fails_cleanly(tmp_path):
     (tmp_path / "d").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match=r"cnnext.save: path '.*d' is a directory"):
         cnnext.save(_model(), tmp_path / "d")
     assert _leftovers(tmp_path, ["d"]) == []
 

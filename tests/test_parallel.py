@@ -1,24 +1,48 @@
-"""Chunk-level parallelism (cnnext/_parallel.py): numpy's BLAS kept single-threaded and restored,
-chunks spread over Python threads, results bitwise identical for every thread count."""
+"""Chunk-level parallelism (cnnext/_threads.py): numpy's BLAS kept single-threaded and restored,
+chunks spread over Python threads, results bitwise identical for every thread count. BLAS's thread
+count is read through threadpoolctl's own threadpool_info, independently of cnnext's controller."""
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import cnnext
 import cnnext.functional as F
-from cnnext import _parallel
+from cnnext import _threads
+import threadpoolctl
+from threadpoolctl import threadpool_info
 from cnnext.functional import conv
 from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
 from naive_oracle import assert_close
 
-needs_control = pytest.mark.skipif(not _parallel.blas_control_available(),
-                                   reason="numpy's BLAS is not the bundled OpenBLAS")
+needs_control = pytest.mark.skipif(not _threads.blas_control_available(),
+                                   reason="threadpoolctl controls no BLAS here")
 
 
 def blas_threads():
-    return _parallel._blas_functions()[0]()
+    """The thread count of the BLAS libraries, as a fresh threadpoolctl scan reports it (one value)."""
+    counts = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    assert len(counts) == 1, counts
+    return counts.pop()
+
+
+@pytest.fixture
+def blas_limit_restored():
+    """Put BLAS's thread count back after a test that sets it through threadpoolctl."""
+    before = blas_threads()
+    yield
+    threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    threadpoolctl_release()
+
+
+def threadpoolctl_release():
+    """Let any thread set OpenBLAS again (threadpoolctl >= 3.8 ties it to the first thread that set
+    it, until that thread lets go)."""
+    cls = getattr(threadpoolctl, "OpenBLASController", None)
+    if hasattr(cls, "clear_controlling_thread"):
+        cls.clear_controlling_thread(force=True)
 
 
 def data(N=9, C=5, S=10, K=6, seed=0, dtype=np.float64):
@@ -103,7 +127,7 @@ def test_native_gemm_leaves_blas_alone_and_needs_no_control(monkeypatch):
     want = winograd_pass(x, w, b, gy)
     for control in ("available", "unavailable"):
         if control == "unavailable":
-            monkeypatch.setattr(_parallel, "_functions", None)
+            monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
         seen = []
         real = _conv_dispatch._winograd.output_transform
         monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
@@ -174,8 +198,8 @@ def test_without_blas_control_results_are_the_same(monkeypatch):
     cnnext.set_num_threads(2)
     x, w, b, gy = data()
     want = winograd_pass(x, w, b, gy)
-    monkeypatch.setattr(_parallel, "_functions", None)
-    assert not _parallel.blas_control_available()
+    monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
+    assert not _threads.blas_control_available()
     got = winograd_pass(x, w, b, gy)
     for a, c in zip(got, want):
         assert_close(a, c)
@@ -197,6 +221,17 @@ def test_workspace_limit_bounds_the_worker_threads(monkeypatch):
     assert names == {threading.current_thread().name}
     names.clear()
     cnnext.set_workspace_limit(2**30)
+    # the first two chunks wait for each other: they can only meet on two threads (a single one
+    # would time out), so this does not depend on how fast the pool's threads start
+    meet, calls = threading.Barrier(2), []
+
+    def probe(*a):
+        names.add(threading.current_thread().name)
+        calls.append(1)
+        if len(calls) <= 2:
+            meet.wait(timeout=30)
+        return real(*a)
+    monkeypatch.setattr(_conv_dispatch._winograd, "input_transform", probe)
     winograd_pass(x, w, b, gy)
     assert len(names) > 1
 
@@ -207,7 +242,141 @@ def test_split_matmul_equals_numpy(threads):
     a = rng.standard_normal((7, 4, 5))
     b = rng.standard_normal((7, 5, 3))
     out = np.empty((7, 4, 3))
-    with _parallel.single_threaded_blas():
-        _parallel.matmul(a, b, out, threads)
+    with _threads.single_threaded_blas():
+        _threads.matmul(a, b, out, threads)
         want = np.matmul(a, b)
     np.testing.assert_array_equal(out, want)
+
+
+def _blas_seen_by_output_transform(monkeypatch):
+    seen = []
+    real = _conv_dispatch._winograd.output_transform
+    monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
+                        lambda *a: seen.append(blas_threads()) or real(*a))
+    return seen
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks", "blas_gemm", "blas_limit_restored")
+@pytest.mark.parametrize("found", [3, 1])
+def test_blas_restored_to_the_count_it_had(found, monkeypatch):
+    """Whatever BLAS ran with before (set here through threadpoolctl, as a user would), it is 1
+    inside the chunked job and that count again after."""
+    cnnext.set_num_threads(2)
+    threadpoolctl.threadpool_limits(limits=found, user_api="blas")
+    threadpoolctl_release()
+    assert blas_threads() == found
+    seen = _blas_seen_by_output_transform(monkeypatch)
+    winograd_pass(*data())
+    assert seen and set(seen) == {1}
+    assert blas_threads() == found
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks", "blas_gemm", "blas_limit_restored")
+def test_blas_controlled_from_a_thread_after_a_one_shot_limit_elsewhere(monkeypatch):
+    """The main thread limits BLAS without a with block (as the CLI does); threadpoolctl >= 3.8 then
+    ignores every other thread's setting. A chunked call in another thread still holds BLAS at one
+    thread, puts back the count, and leaves BLAS settable from the main thread afterwards."""
+    cnnext.set_num_threads(2)
+    threadpoolctl.threadpool_limits(limits=2, user_api="blas")  # claims OpenBLAS for this thread
+    seen = _blas_seen_by_output_transform(monkeypatch)
+    x, w, b, gy = data()
+    with cnnext.force_conv_algorithm("winograd"):
+        with ThreadPoolExecutor(1) as pool:
+            got = pool.submit(conv_pass, x, w, b, gy).result()
+    assert seen and set(seen) == {1}
+    assert blas_threads() == 2
+    assert_close(got[0], oracle.conv2d(x, w, b, padding=1))
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+    assert blas_threads() == 1
+
+
+@needs_control
+@pytest.mark.usefixtures("blas_limit_restored")
+def test_blas_restored_when_the_last_block_ends_in_another_thread():
+    """Thread A limits BLAS (first block in), thread B restores it (last block out)."""
+    before = blas_threads()
+    a_in, b_in, a_out, done = (threading.Barrier(2) for _ in range(4))
+    inside = {}
+
+    def a():
+        with _threads.single_threaded_blas() as blas:
+            inside["a"] = blas.active, blas_threads()
+            a_in.wait()
+            b_in.wait()
+        a_out.wait()
+        done.wait()  # A is still alive when B restores
+
+    def b():
+        a_in.wait()
+        with _threads.single_threaded_blas() as blas:
+            b_in.wait()
+            a_out.wait()  # A has left: this block is the last one
+            inside["b"] = blas.active, blas_threads()
+        inside["after"] = blas_threads()
+        done.wait()
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert inside == {"a": (True, 1), "b": (True, 1), "after": before}
+    assert blas_threads() == before
+
+
+def test_without_blas_control_blocks_are_inactive(monkeypatch):
+    monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
+    before = [i["num_threads"] for i in threadpool_info()]
+    with _threads.single_threaded_blas() as blas:
+        assert not blas.active
+        assert [i["num_threads"] for i in threadpool_info()] == before
+
+
+def test_one_cached_controller():
+    """Every use goes through one ThreadpoolController; refresh builds a new one and keeps it."""
+    ctl = _threads.controller()
+    assert isinstance(ctl, threadpoolctl.ThreadpoolController)
+    assert _threads.controller() is ctl
+    new = _threads.controller(refresh=True)
+    assert new is not ctl and _threads.controller() is new
+    assert {i["filepath"] for i in new.info()} == {i["filepath"] for i in threadpool_info()}
+
+
+def test_controller_built_once_under_concurrent_first_use(monkeypatch):
+    monkeypatch.setattr(_threads, "_controller", None)
+    built = []
+    real = threadpoolctl.ThreadpoolController
+
+    def counting():
+        built.append(1)
+        return real()
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", counting)
+    start = threading.Barrier(8)
+
+    def first_use(_):
+        start.wait()
+        return _threads.controller()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(first_use, range(8)))
+    assert len(built) == 1 and all(c is got[0] for c in got)
+
+
+@needs_control
+@pytest.mark.usefixtures("blas_limit_restored")
+def test_set_blas_threads_now_or_after_the_last_block():
+    assert _threads.set_blas_threads(3)
+    assert blas_threads() == 3
+    with _threads.single_threaded_blas():
+        assert _threads.set_blas_threads(2)
+        assert blas_threads() == 1  # a chunked call is running: it keeps BLAS at one thread
+    assert blas_threads() == 2
+    # from another thread than the one that set it last (threadpoolctl >= 3.8 would ignore that)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(_threads.set_blas_threads, 1).result()
+    assert blas_threads() == 1
+
+
+def test_set_blas_threads_without_control(monkeypatch):
+    monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
+    assert _threads.set_blas_threads(2) is False

@@ -19,36 +19,51 @@ import cnnext
 PUBLIC = {
     "cnnext": [
         "__version__", "functional", "get_num_threads", "set_num_threads", "get_workspace_limit",
-        "set_workspace_limit", "force_conv_algorithm", "show_config", "nn", "optim", "save", "load",
-        "gradcheck", "ConvLayer", "MaxPoolingLayer", "Filter", "IdentityActivator", "ReluActivator",
+        "set_workspace_limit", "force_conv_algorithm", "show_config", "nn", "optim", "models", "save",
+        "load", "gradcheck", "no_grad", "inference_mode", "set_grad_enabled", "is_grad_enabled",
+        "ConvLayer", "MaxPoolingLayer", "Filter", "IdentityActivator", "ReluActivator",
         "SigmoidActivator", "TanhActivator", "padding", "conv", "get_patch", "element_wise_op",
         "get_max_index",
     ],
     "cnnext.nn": [
-        "Parameter", "Module", "Sequential", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU",
-        "Sigmoid", "Tanh", "Flatten", "Dropout", "CrossEntropyLoss", "MSELoss",
+        "Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "Identity", "ops", "utils",
+        "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU", "Sigmoid", "Tanh", "Flatten",
+        "BatchNorm1d", "BatchNorm2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout",
+        "CrossEntropyLoss", "MSELoss",
     ],
     "cnnext.functional": [
         "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
         "avg_pool2d_backward", "relu", "relu_derivative", "sigmoid", "sigmoid_derivative", "tanh",
         "tanh_derivative", "linear", "linear_backward", "log_softmax", "softmax", "cross_entropy",
         "cross_entropy_backward", "mse_loss", "mse_loss_backward", "dropout", "dropout_backward",
+        "batch_norm", "batch_norm_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+        "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
     ],
-    "cnnext.optim": ["Optimizer", "SGD", "Adam", "AdamW"],
+    "cnnext.optim": [
+        "Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "create_optimizer", "LRScheduler",
+        "CosineAnnealingLR", "StepLR", "MultiStepLR", "LinearLR", "OneCycleLR", "SequentialLR",
+        "ReduceLROnPlateau", "lr_scheduler",
+    ],
     "cnnext.datasets": [
-        "load_digits", "load_mnist", "read_idx", "iterate_minibatches", "DataLoader", "Dataset",
-        "Split", "MNIST_CHECKSUMS", "FASHION_MNIST_CHECKSUMS",
+        "load_digits", "load_mnist", "load_cifar10", "read_idx", "iterate_minibatches", "DataLoader",
+        "Dataset", "Split", "MNIST_CHECKSUMS", "FASHION_MNIST_CHECKSUMS", "CIFAR10_CLASSES",
+        "CIFAR10_MD5", "CIFAR10_URL", "transforms",
     ],
     "cnnext.dask": ["predict", "INSTALL_HINT"],
     "cnnext.distributed": [
         "DistributedDataParallel", "DistributedSampler", "get_comm", "allreduce_sum",
-        "reduce_metrics", "shard_range", "train_cli", "INSTALL_HINT",
+        "reduce_metrics", "shard_range", "DistributedLoader", "INSTALL_HINT",
     ],
     "cnnext.learn_dl": [
         "ConvLayer", "MaxPoolingLayer", "Filter", "IdentityActivator", "ReluActivator",
         "SigmoidActivator", "TanhActivator", "padding", "conv", "get_patch", "element_wise_op",
         "get_max_index",
     ],
+    "cnnext.models": [
+        "LeNet5", "CifarNet", "BasicBlock", "ResNet20", "MobileNetCifar", "lenet5", "cifarnet",
+        "resnet20", "mobilenet", "build", "input_shape", "MODELS",
+    ],
+    "cnnext.training": ["fit", "evaluate", "predict", "Callback", "ProgressBar", "NonFiniteLossError"],
 }
 SUBPACKAGES = [m.split(".", 1)[1] for m in PUBLIC if m != "cnnext"]
 OLD_PATHS = {"cnnext.layers": ["ConvLayer", "MaxPoolingLayer", "Filter", "padding", "conv"],

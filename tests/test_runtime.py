@@ -1,9 +1,15 @@
 """The OpenMP runtime check at import: a runtime shared with a library loaded earlier (and left
-spinning) makes the kernels default to one thread; a private or passive runtime changes nothing."""
+spinning) makes the kernels default to one thread; a private or passive runtime changes nothing.
+Which runtimes are loaded comes from threadpoolctl (cnnext/_threads.py); show_config reports what
+it sees."""
+import json
+import sys
+
 import pytest
+import threadpoolctl
 
 import cnnext
-from cnnext import _config, _runtime
+from cnnext import _config, _threads
 
 
 @pytest.fixture
@@ -49,12 +55,25 @@ def test_private_or_passive_runtime_changes_nothing(saved_state, monkeypatch):
 
 
 def test_loaded_runtimes_lists_paths():
-    found = _runtime.loaded_openmp_runtimes()
+    found = _threads.loaded_openmp_runtimes()
     assert all(p.startswith("/") for p in found)
-    if cnnext.show_config(mode="dicts")["openmp"] and open is not None:
-        import sys
-        if sys.platform.startswith("linux"):
-            assert found, "the kernels are built with OpenMP, so a runtime must be mapped"
+    if cnnext.show_config(mode="dicts")["openmp"] and sys.platform.startswith("linux"):
+        assert found, "the kernels are built with OpenMP, so a runtime must be loaded"
+    # the same set threadpoolctl's own scan reports
+    assert found == {i["filepath"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"}
+
+
+def test_show_config_reports_what_threadpoolctl_sees(capsys):
+    cfg = cnnext.show_config(mode="dicts")
+    want = threadpoolctl.threadpool_info()
+    assert [(i["user_api"], i["filepath"], i["num_threads"]) for i in cfg["threadpools"]] == [
+        (i["user_api"], i["filepath"], i["num_threads"]) for i in want]
+    if cfg["openmp"] and sys.platform.startswith("linux"):
+        assert any(i["user_api"] == "openmp" for i in cfg["threadpools"])
+    cnnext.show_config()
+    out = capsys.readouterr().out
+    for i in want:
+        assert i["filepath"] in out
 
 
 def _fresh_python(code, **env):
@@ -62,7 +81,11 @@ def _fresh_python(code, **env):
     import subprocess
     import sys
     full = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
-    full.update(env)
+    for k, v in env.items():  # None: unset
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
     root = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
     full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
     # cwd: not the checkout, whose uncompiled cnnext/ would shadow the one under test ("-c" puts
@@ -90,3 +113,30 @@ def test_numpy_first_is_reported_not_changed():
 
 def test_users_blas_thread_timeout_is_kept():
     assert _fresh_python(REPORT, OPENBLAS_THREAD_TIMEOUT="12") == "12 12"
+
+
+TORCH_FIRST = """
+import json, threadpoolctl
+import torch
+openmp = lambda: sorted(i["filepath"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp")
+before = openmp()
+import cnnext
+cfg = cnnext.show_config(mode="dicts")
+print(json.dumps([before, openmp(), cfg["openmp_shared_with"], cfg["serial_by_default"], cfg["num_threads"]]))
+"""
+
+
+@pytest.mark.skipif(not cnnext.show_config(mode="dicts")["openmp"], reason="built without OpenMP")
+def test_runtime_shared_with_torch_is_noticed_end_to_end():
+    """Import torch first (it loads its own OpenMP runtime), then cnnext, in a fresh interpreter:
+    when the kernels got no runtime of their own (a source build linked to the same libgomp), the
+    shared spinning runtime makes them serial by default; with a private one (wheels), nothing
+    changes. Either way the answer agrees with threadpoolctl's own scans around the import."""
+    pytest.importorskip("torch")
+    env = {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None}
+    before, after, shared, serial, threads = json.loads(_fresh_python(TORCH_FIRST, **env))
+    assert before, "torch loads an OpenMP runtime"
+    if set(after) == set(before):
+        assert shared == before and serial and threads == 1
+    else:
+        assert shared is None and not serial

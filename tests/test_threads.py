@@ -13,8 +13,9 @@
   forked after the parent ran a parallel region: cnnext runs such a child's kernels serially; a
   hang fails the test after a 30 s timeout.)
 
-Settings such as the thread count and the forced conv algorithm are process-wide; every test here
-sets them before starting its threads and restores them afterwards.
+Settings such as the thread count are process-wide, and a forced conv algorithm reaches threads that
+have no force_conv_algorithm block of their own (tests/test_config_threads.py); every test here sets
+them before starting its threads and restores them afterwards.
 """
 import multiprocessing
 import sys

@@ -94,7 +94,7 @@ vpy="$venv/bin/python"
 echo "== installing the build and test requirements (no torch) into $venv"
 if ! { "$vpy" -m pip install --disable-pip-version-check --upgrade pip &&
        "$vpy" -m pip install --disable-pip-version-check \
-           "setuptools>=77" "Cython>=3.1" "numpy>=2.0" "tqdm>=4.60" "pytest>=7" "hypothesis>=6.80"
+           "setuptools>=77" "Cython>=3.1" "numpy>=2.0" "tqdm>=4.60" "threadpoolctl>=3.1" "pytest>=7" "hypothesis>=6.80"
      } >"$workdir/pip.log" 2>&1; then
     tail -30 "$workdir/pip.log"
     echo "sanitize.sh: pip install failed (log: $workdir/pip.log)" >&2

@@ -1,4 +1,4 @@
-# Type stubs for the compiled module cnnext/_direct.pyx (checked by `python -m mypy.stubtest`).
+# Type stubs for the compiled module cnnext/_kernels/_direct.pyx (checked by `python -m mypy.stubtest`).
 #
 # Direct convolution kernels (depthwise, thin grouped and tiny convolutions). Fused-type Cython
 # functions: every floating array of one call is float32 or float64 (the TypeVar _F); arrays are

@@ -2,7 +2,7 @@
 # ------
 # Direct convolution, for the shapes where im2col + GEMM wastes its time moving memory: few output
 # channels per group (depthwise and other grouped convolutions) and thin problems such as LeNet's
-# first layer, where BLAS never reaches speed (see _algorithm in functional/conv.py). All three
+# first layer, where BLAS never reaches speed (see _algorithm in functional/_conv_dispatch.py). All three
 # passes run one register-blocked kernel, _forward_plane: a block of 2 output rows by BLOCK (8
 # float64 or 16 float32), BLOCK/2, BLOCK/4 or 1 columns lives in a local array that the C compiler
 # keeps in vector registers (the loops over the block have a constant size once inlined and
@@ -20,7 +20,7 @@
 #                dilation (sh, sw); each weight sums samples, then rows, then columns, in order.
 #
 # small_conv / small_grad_weight: the same three passes for small stride-1 problems (chosen in
-# functional/conv.py), in the C kernels of _tile_gemm.h with AVX2+FMA dispatch: forward with 6
+# functional/_conv_dispatch.py), in the C kernels of _tile_gemm.h with AVX2+FMA dispatch: forward with 6
 # filters per register block (4 or more filters), else one filter and 6 output rows per block
 # (also grad_input, on grad_output padded by kernel - 1 - padding, filters turned); grad_weight
 # with 6 filters per block, each (channel, tap row) of x the shifted rows.

@@ -1,4 +1,4 @@
-# Type stubs for the compiled module cnnext/_im2col.pyx (checked by `python -m mypy.stubtest`).
+# Type stubs for the compiled module cnnext/_kernels/_im2col.pyx (checked by `python -m mypy.stubtest`).
 #
 # The kernels are Cython fused-type functions: each array argument may be float32 or float64, and all
 # floating arrays of one call must share that dtype (expressed by the TypeVar _F). Arrays must be

@@ -3,7 +3,7 @@
 # Convolution as GEMM. For a chunk of `nc` samples starting at sample `n0`, `im2col` writes the
 # column matrix cols[(c*kh + ki)*kw + kj, n*P + p] (P = Ho*Wo output pixels per sample): one row per
 # filter tap, one column per output pixel of the chunk. The forward pass is then a single BLAS GEMM
-# W(K, C*kh*kw) @ cols -> (K, nc*P) done by numpy in cnnext/functional.py, and `gemm_to_nchw` moves
+# W(K, C*kh*kw) @ cols -> (K, nc*P) done by numpy in cnnext/functional/_conv_dispatch.py, and `gemm_to_nchw` moves
 # that result into the NCHW output while adding the bias. Backward runs the same layout the other way:
 # `nchw_to_gemm` gathers grad_output into (K, nc*P), numpy computes dW = dY @ cols.T and
 # dcols = W.T @ dY, and `col2im` scatters dcols back into grad_input.
@@ -45,8 +45,7 @@ cdef void im2col_row(const floating* x, floating* out, Py_ssize_t nc, Py_ssize_t
                 continue
             src = plane + ih * W + off
             # plain loops, not memcpy/memset: rows are often short (8-16 values), where a library
-            # call per row costs more than the copy (measured, one thread: im2col 16% faster on
-            # lenet2, 20% on strided, within 3% on cifar's 32-value rows)
+            # call per row costs more than the copy (benchmarks/README.md, "Design measurements")
             for ow in range(lo):
                 dst[ow] = 0
             if sw == 1:

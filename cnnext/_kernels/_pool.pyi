@@ -1,4 +1,4 @@
-# Type stubs for the compiled module cnnext/_pool.pyx (checked by `python -m mypy.stubtest`).
+# Type stubs for the compiled module cnnext/_kernels/_pool.pyx (checked by `python -m mypy.stubtest`).
 #
 # Fused-type Cython kernels: every floating array of one call is float32 or float64 (the TypeVar _F),
 # index arrays are int64. Arrays are C-contiguous; cnnext/functional validates and allocates them.

@@ -34,7 +34,7 @@
 # sums are accumulated in double, so float32 input whose mean fits never overflows.
 #
 # max_pool2d_backward trusts nothing about `indices`: an index outside [0, H*W) is never used and the
-# kernel reports it, and cnnext/functional.py raises ValueError.
+# kernel reports it, and cnnext/functional/pooling.py raises ValueError.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX
@@ -393,9 +393,12 @@ cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
                          Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad) noexcept nogil:
     # Forward: x is the (H, W) input plane and y the (Ho, Wo) output plane.
     # Backward: x is the (Ho, Wo) grad_output plane and y the (H, W) grad_input plane (zeroed).
-    cdef Py_ssize_t oh, ow, hs, he, ws, we, ih, iw, pool_size, divisor
+    cdef Py_ssize_t oh, ow, hs, he, ws, we, ih, iw
     # sums run in double: a float32 window of huge values may overflow while its mean fits
     cdef double acc
+    # and so do divisors: the product of two window lengths (each at most about 2**60, see
+    # _INDEX_LIMIT in cnnext/_validation.py) overflows int64 (exact below 2**53)
+    cdef double pool_size, divisor
     cdef floating g
     for oh in range(Ho):
         hs = oh * sh - ph
@@ -403,17 +406,19 @@ cdef void avg_pool_plane(const floating* x, floating* y, bint backward,
         for ow in range(Wo):
             ws = ow * sw - pw
             we = _min(ws + kw, W + pw)
-            pool_size = (he - hs) * (we - ws)
+            pool_size = <double>(he - hs) * <double>(we - ws)
             ih = _max(hs, 0)
             iw = _max(ws, 0)
             if count_include_pad:
                 divisor = pool_size
             else:
-                divisor = (_min(he, H) - ih) * (_min(we, W) - iw)
+                divisor = <double>(_min(he, H) - ih) * <double>(_min(we, W) - iw)
             if backward:
                 if divisor <= 0:
                     continue
-                g = x[oh * Wo + ow] / <floating>divisor
+                # in double: the same correctly rounded quotient for float32 (double carries
+                # more than twice float's precision), without float32's range limit
+                g = <floating>(<double>x[oh * Wo + ow] / divisor)
                 for ih in range(_max(hs, 0), _min(he, H)):
                     for iw in range(_max(ws, 0), _min(we, W)):
                         y[ih * W + iw] += g

@@ -1,9 +1,9 @@
 /* Design
  * ------
- * The GEMMs of the Winograd convolution (cnnext/_winograd.pyx): per transform element e, 36 of
+ * The GEMMs of the Winograd convolution (cnnext/_kernels/_winograd.pyx): per transform element e, 36 of
  * them per chunk of the batch, each small (channels x channels x tiles of one chunk, e.g.
  * 128 x 128 x 48). BLAS packs both operands again on every call, which at these sizes costs as
- * much as the multiplies (OpenBLAS ran them at ~55% of its large-GEMM rate on the dev machine).
+ * much as the multiplies (benchmarks/README.md has the figures).
  * Here the weights are packed once per convolution (in Python, by row blocks of MR) and the
  * tile matrix is read in place, so one register-blocked kernel does all the work:
  *
@@ -201,7 +201,7 @@ static int cnnext_tile_gemm_init(void)
 }
 
 
-/* ---- Small direct convolutions (cnnext/_direct.pyx, one thread) ------------------------------
+/* ---- Small direct convolutions (cnnext/_kernels/_direct.pyx, one thread) ------------------------------
  * A plane of outputs out[r * ldo + j] = bias + sum over l < L of a[l] * base[off[l] + r * W + j]
  * (r < rows, j < cols), in blocks of 6 rows by NR = two vectors of columns held in 12 vector
  * registers: per l, one broadcast of a[l], two loads from each of the 6 rows and 12 multiply-adds

@@ -16,7 +16,7 @@
 # so 36 multiplies give 16 outputs where the direct sum needs 144. The sum over channels of the 36
 # elementwise products is 36 independent GEMMs M(36, K, T) = U(36, K, C) @ V(36, C, T): `tile_gemm`
 # here (register-blocked kernels in _tile_gemm.h, the weights packed once per call) where the CPU
-# has AVX2+FMA, else one batched numpy matmul; cnnext/functional/conv.py picks. `filter_transform`
+# has AVX2+FMA, else one batched numpy matmul; cnnext/functional/_conv_dispatch.py picks. `filter_transform`
 # computes U = G g G^T (in float64, rounded once) straight into the layout the GEMM reads, and
 # `filter_grad_transform` grad_weight = G^T dU G. The data transforms work on a chunk of `nc`
 # samples starting at sample `n0`, with T = nc * tiles_h * tiles_w tiles numbered (sample, tile

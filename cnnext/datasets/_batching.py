@@ -64,6 +64,10 @@ class DataLoader:
         One Generator is made from it at construction, so the sequence of epochs is reproducible.
     drop_last : bool
         Skip the last batch when it is smaller than ``batch_size`` (kept by default).
+    transform : callable, optional
+        Applied to every batch of ``X`` (not to ``y``) before it is yielded, e.g.
+        ``cnnext.datasets.transforms.Compose([RandomCrop(32, padding=4, rng=0),
+        RandomHorizontalFlip(rng=1)])``; it gets the whole ``(B, ...)`` batch.
 
     Examples
     --------
@@ -73,8 +77,11 @@ class DataLoader:
     ...         pass
     """
 
-    def __init__(self, X, y=None, batch_size=32, shuffle=False, seed=None, drop_last=False):
+    def __init__(self, X, y=None, batch_size=32, shuffle=False, seed=None, drop_last=False, transform=None):
         self.X, self.y, self.batch_size = _check(X, y, batch_size, "DataLoader")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"DataLoader: transform must be callable or None, got {type(transform).__name__}")
+        self.transform = transform
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self._rng = np.random.default_rng(seed)
@@ -89,4 +96,12 @@ class DataLoader:
         if self.drop_last:
             keep = len(self) * self.batch_size
             order = order[:keep] if order is not None else np.arange(keep)
-        return _batches(self.X, self.y, self.batch_size, order)
+        batches = _batches(self.X, self.y, self.batch_size, order)
+        if self.transform is None:
+            return batches
+        return self._transformed(batches)
+
+    def _transformed(self, batches):
+        t = self.transform
+        for b in batches:
+            yield (t(b[0]), b[1]) if self.y is not None else t(b)

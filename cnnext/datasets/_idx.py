@@ -6,6 +6,8 @@ in big-endian C order.
 """
 import gzip
 import hashlib
+import http.client
+import math
 import os
 import struct
 import tempfile
@@ -15,6 +17,8 @@ import urllib.request
 import zlib
 
 import numpy as np
+
+from cnnext._validation import check_int
 
 __all__ = ["read_idx", "load_mnist", "MNIST_CHECKSUMS", "FASHION_MNIST_CHECKSUMS"]
 
@@ -46,23 +50,45 @@ _DATASETS = {
 _MAX_BYTES = 2**31  # refuse headers announcing more than 2 GiB of data
 
 
-def _read_bytes(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
+def _read_into(f, buf, path, opener):
+    """Fill ``buf`` (a writable uint8 view) from ``f``; return the number of bytes read."""
+    view = memoryview(buf)
+    got = 0
+    while got < len(view):
         try:
-            raw = gzip.decompress(raw)
+            n = f.readinto(view[got:got + (1 << 24)])
         except (OSError, EOFError, zlib.error) as exc:
+            if opener is open:
+                raise
             raise ValueError(f"read_idx: {path!r} is a corrupt or truncated gzip file ({exc})") from None
-    return raw
+        if not n:
+            break
+        got += n
+    return got
 
 
-def read_idx(path):
+def _at_end(f, path, opener):
+    """True when ``f`` has no byte left (for gzip this also checks the stream's CRC and length)."""
+    try:
+        return f.read(1) == b""
+    except (OSError, EOFError, zlib.error) as exc:
+        if opener is open:
+            raise
+        raise ValueError(f"read_idx: {path!r} is a corrupt or truncated gzip file ({exc})") from None
+
+
+def read_idx(path, max_bytes=_MAX_BYTES):
     """Read one IDX file (plain or gzip-compressed) into a numpy array.
+
+    The header is read first and the data streamed into an array of the declared size, so a
+    hostile file (a small ``.gz`` inflating to gigabytes, or a header announcing a huge array) is
+    refused with memory bounded by the declared size, at most ``max_bytes``.
 
     Parameters
     ----------
     path : str or os.PathLike
+    max_bytes : int
+        Largest data size (in bytes) a header may declare; default 2 GiB.
 
     Returns
     -------
@@ -72,53 +98,72 @@ def read_idx(path):
     Raises
     ------
     ValueError
-        Bad magic number, unknown type code, or a data size that does not match the header
-        (truncated file or trailing bytes).
+        Bad magic number, unknown type code, a declared size over ``max_bytes``, or a data size that
+        does not match the header (truncated file or trailing bytes), corrupt gzip data.
     """
     path = os.fspath(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise ValueError(f"read_idx: {path!r} is too short to be an IDX file ({len(raw)} bytes)")
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or code not in _TYPES:
-        raise ValueError(f"read_idx: {path!r} has an invalid IDX magic number 0x{raw[:4].hex()} "
-                         f"(expected 0x0000 then a type code in {[hex(c) for c in _TYPES]} and the "
-                         f"number of dimensions)")
-    if ndim < 1:
-        raise ValueError(f"read_idx: {path!r} declares 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"read_idx: {path!r} is truncated inside its header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = _TYPES[code]
-    nbytes = int(np.prod(dims, dtype=np.float64)) * dtype.itemsize
-    if nbytes > _MAX_BYTES:
-        raise ValueError(f"read_idx: {path!r} declares dimensions {dims}, over {_MAX_BYTES} bytes")
-    have = len(raw) - header
-    if have != nbytes:
-        what = "truncated" if have < nbytes else "longer than its header says"
-        raise ValueError(f"read_idx: {path!r} is {what}: dimensions {dims} need {nbytes} data bytes, "
-                         f"found {have}")
-    arr = np.frombuffer(raw, dtype=dtype, offset=header, count=int(np.prod(dims))).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="))
+    max_bytes = check_int(max_bytes, "max_bytes", "read_idx", minimum=0)
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        opener = gzip.GzipFile if gz else open
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        head = bytearray(4)
+        got = _read_into(f, head, path, opener)
+        if got < 4:
+            raise ValueError(f"read_idx: {path!r} is too short to be an IDX file ({got} bytes)")
+        zero, code, ndim = struct.unpack(">HBB", head)
+        if zero != 0 or code not in _TYPES:
+            raise ValueError(f"read_idx: {path!r} has an invalid IDX magic number 0x{bytes(head).hex()} "
+                             f"(expected 0x0000 then a type code in {[hex(c) for c in _TYPES]} and the "
+                             f"number of dimensions)")
+        if ndim < 1:
+            raise ValueError(f"read_idx: {path!r} declares 0 dimensions")
+        dim_bytes = bytearray(4 * ndim)
+        if _read_into(f, dim_bytes, path, opener) < len(dim_bytes):
+            raise ValueError(f"read_idx: {path!r} is truncated inside its header")
+        dims = struct.unpack(f">{ndim}I", dim_bytes)
+        dtype = _TYPES[code]
+        nbytes = math.prod(dims) * dtype.itemsize  # exact (Python ints)
+        if nbytes > max_bytes:
+            raise ValueError(f"read_idx: {path!r} declares dimensions {dims} ({nbytes} bytes), over "
+                             f"max_bytes={max_bytes}")
+        if not gz:  # the file size says at once whether the data is all there
+            have = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
+            if have != nbytes:
+                raise _size_error(path, dims, nbytes, have)
+        data = np.empty(nbytes, np.uint8)  # pages are touched only as data arrives
+        have = _read_into(f, data, path, opener)
+        if have < nbytes:
+            raise _size_error(path, dims, nbytes, have)
+        if not _at_end(f, path, opener):
+            raise ValueError(f"read_idx: {path!r} is longer than its header says: dimensions {dims} "
+                             f"need {nbytes} data bytes, found more")
+    arr = data.view(dtype).reshape(dims)
+    if not dtype.isnative and dtype.itemsize > 1:
+        arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return arr
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _size_error(path, dims, nbytes, have):
+    what = "truncated" if have < nbytes else "longer than its header says"
+    return ValueError(f"read_idx: {path!r} is {what}: dimensions {dims} need {nbytes} data bytes, "
+                      f"found {have}")
 
 
-def _download(url, dest, sha256, timeout):
+def _download(url, dest, digest, timeout, func="load_mnist", algorithm="sha256"):
+    """Fetch ``url`` into ``dest`` through a temporary file, checking its ``algorithm`` digest.
+
+    Nothing is left at ``dest`` unless the whole download arrived and matched ``digest`` (when
+    ``digest`` is not None).
+    """
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
-        raise ValueError(f"load_mnist: url must be http:// or https://, got {url!r}")
+        raise ValueError(f"{func}: url must be http:// or https://, got {url!r}")
     directory = os.path.dirname(os.path.abspath(dest))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=directory)
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm)
     try:
         with os.fdopen(fd, "wb") as f:
             try:
@@ -126,12 +171,13 @@ def _download(url, dest, sha256, timeout):
                     for block in iter(lambda: resp.read(1 << 20), b""):
                         h.update(block)
                         f.write(block)
-            except (urllib.error.URLError, OSError) as exc:
-                raise OSError(f"load_mnist: cannot download {url}: {exc}") from exc
-        digest = h.hexdigest()
-        if sha256 is not None and digest != sha256.lower():
-            raise ValueError(f"load_mnist: checksum mismatch for {url}: SHA-256 {digest}, expected "
-                             f"{sha256.lower()}; the download was discarded")
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise OSError(f"{func}: cannot download {url}: {type(exc).__name__}: {exc}") from exc
+        got = h.hexdigest()
+        if digest is not None and got != digest.lower():
+            label = {"sha256": "SHA-256", "md5": "MD5"}.get(algorithm, algorithm)
+            raise ValueError(f"{func}: checksum mismatch for {url}: {label} {got}, expected "
+                             f"{digest.lower()}; the download was discarded")
         os.replace(tmp, dest)
     except BaseException:
         try:

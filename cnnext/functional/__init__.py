@@ -30,6 +30,13 @@ from cnnext.functional.pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from cnnext.functional.normalization import batch_norm, batch_norm_backward
+from cnnext.functional.adaptive import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d,
+    adaptive_max_pool2d_backward,
+)
 
 __all__ = [
     "conv2d",
@@ -54,4 +61,10 @@ __all__ = [
     "mse_loss_backward",
     "dropout",
     "dropout_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
 ]

@@ -13,11 +13,12 @@ cap; 1x1 stride-1 convolutions skip the im2col), 'direct' (the Cython direct ker
 problems such as depthwise), 'small' (the C kernels for one small sample), 'winograd' (F(4x4, 3x3)
 for 3x3 stride-1 convolutions). ``_algorithm`` chooses; ``cnnext.force_conv_algorithm`` overrides.
 """
+import contextlib
 import functools
 
 import numpy as np
 
-from cnnext import _parallel
+from cnnext import _threads
 from cnnext._config import get_conv_algorithm, get_workspace_limit, threads_for
 from cnnext._kernels import _direct, _im2col, _winograd
 
@@ -53,14 +54,37 @@ def _algorithm(g, dtype):
     one sample and 1.3-2.0 on batches, where OpenBLAS's float32 GEMM is twice as fast; 1.0 and
     slower on LeNet's second layer (16 filters over 150 taps).
     """
+    return _choice(g, dtype)[0]
+
+
+def _choice(g, dtype):
+    """(_algorithm's choice, True when it is the automatic one rather than forced).
+
+    The workspace cap is checked here, not in the cached _auto_algorithm (it may change): the
+    direct kernels need one sample's padded planes to fit (else 'gemm', also when forced), and so
+    does the automatic choice of Winograd for one sample's transforms (a forced 'winograd' runs
+    with one-sample chunks whatever the cap)."""
     forced = get_conv_algorithm()
+    limit = get_workspace_limit()
+    itemsize = np.dtype(dtype).itemsize
     if forced == "auto":
-        return _auto_algorithm(g, dtype == np.float64)
-    if forced == "winograd":
-        return "winograd" if _winograd_eligible(g) else "gemm"
-    if forced == "direct" and _small_direct(g):
-        return "small"  # direct, by the small-convolution kernels
-    return forced
+        algorithm = _auto_algorithm(g, dtype == np.float64)
+        if algorithm == "winograd" and _winograd_sample_bytes(g, itemsize) > limit:
+            algorithm = "gemm"
+    elif forced == "winograd":
+        return ("winograd" if _winograd_eligible(g) else "gemm"), False
+    else:
+        algorithm = "small" if forced == "direct" and _small_direct(g) else forced
+    if algorithm == "small" and _small_padded_bytes(g, itemsize) > limit:
+        algorithm = "direct"
+    if algorithm == "direct" and _direct_sample_bytes(g, itemsize) > limit:
+        algorithm = "gemm"
+    return algorithm, forced == "auto"
+
+
+def _all_finite(a):
+    """True when no element of ``a`` is NaN or infinite (two reductions, no temporary array)."""
+    return a.size == 0 or bool(np.isfinite(a.max()) and np.isfinite(a.min()))
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,9 +97,54 @@ def _auto_algorithm(g, double):
                                      for size, channels in _WINOGRAD_AUTO):
         return "winograd"
     Kg = g.K // g.groups
-    if (g.groups > 1 and Kg <= 4) or (double and Kg <= 8 and (g.C // g.groups) * g.kh * g.kw <= 32):
+    thin = (g.groups > 1 and Kg <= 4) or (double and Kg <= 8 and (g.C // g.groups) * g.kh * g.kw <= 32)
+    if thin and _direct_padding_pays(g):
         return "small" if _small_direct(g) else "direct"
     return "gemm"
+
+
+def _direct_padding_pays(g):
+    """False when the direct kernels' zero-padded copy of the input would be larger than im2col's
+    column matrix (both per channel): huge padding or a dilation far past the input (e.g.
+    padding='same' with dilation 1024 on a 32x32 input, 4.2 million elements per plane against
+    9 * 1024), where the direct algorithm would mostly move zeros."""
+    if g.pt == g.pb == g.pl == g.pr == 0:
+        return True
+    return (g.H + g.pt + g.pb) * (g.W + g.pl + g.pr) <= g.kh * g.kw * g.Ho * g.Wo
+
+
+def _direct_sample_bytes(g, itemsize):
+    """One sample's zero-padded planes for the direct kernels: the input (forward, grad_weight) or,
+    at stride 1, grad_output padded for the "full" correlation (grad_input), whichever is larger;
+    0 when neither needs padding. The passes pad that many samples at a time."""
+    return max(_padded_input_bytes(g, itemsize, 1), _padded_grad_output_bytes(g, itemsize, 1))
+
+
+def _padded_input_bytes(g, itemsize, n):
+    if g.pt == g.pb == g.pl == g.pr == 0:
+        return 0
+    return n * g.C * (g.H + g.pt + g.pb) * (g.W + g.pl + g.pr) * itemsize
+
+
+def _padded_grad_output_bytes(g, itemsize, n):
+    if g.sh != 1 or g.sw != 1:
+        return 0  # the strided grad_input scatters into grad_input directly
+    eh, ew = (g.kh - 1) * g.dh, (g.kw - 1) * g.dw
+    if eh == g.pt == g.pb and ew == g.pl == g.pr:
+        return 0
+    return n * g.K * (g.Ho + 2 * eh - g.pt - g.pb) * (g.Wo + 2 * ew - g.pl - g.pr) * itemsize
+
+
+def _small_padded_bytes(g, itemsize):
+    """The small kernels' padded copies (of the input, or grad_output for grad_input), the largest."""
+    return itemsize * max(g.N * g.C * (g.Ho + g.kh - 1) * (g.Wo + g.kw - 1),
+                          g.N * g.K * (g.H + g.kh - 1) * (g.W + g.kw - 1))
+
+
+def _winograd_sample_bytes(g, itemsize):
+    """The workspace of one sample's Winograd transforms (the smallest chunk)."""
+    tiles = ((g.Ho + 3) // 4) * ((g.Wo + 3) // 4)
+    return _winograd_workspace_bytes(g.C, g.K, _winograd_pitch(tiles), itemsize)
 
 
 # Target size of one chunk's column matrix plus GEMM output: bounded so the workspace stays small,
@@ -84,13 +153,25 @@ def _auto_algorithm(g, double):
 _CACHE_TARGET_BYTES = 16 * 2**20
 
 
-def _chunk_size(g, itemsize):
-    """Samples per chunk: as many as fit the cache target and the workspace cap, at least one."""
-    P = g.Ho * g.Wo
-    cols = g.C * g.kh * g.kw * P * itemsize
-    per_sample = cols + g.K * P * itemsize
-    budget = min(get_workspace_limit() // max(cols, 1), _CACHE_TARGET_BYTES // max(per_sample, 1))
-    return int(max(1, min(g.N, budget)))
+def _gemm_plan(g, itemsize):
+    """(samples, output rows) per chunk of im2col + GEMM, whose workspace is the chunk's column
+    matrix plus its GEMM output: whole samples, as many as fit the cache target and the workspace
+    cap (at least one) when one sample fits the cap, else one sample at a time in bands of as many
+    output rows as fit it (at least one)."""
+    per_row = (g.C * g.kh * g.kw + g.K) * g.Wo * itemsize
+    per_sample = per_row * g.Ho
+    limit = get_workspace_limit()
+    if per_sample <= limit:
+        budget = min(limit, _CACHE_TARGET_BYTES) // max(per_sample, 1)
+        return int(max(1, min(g.N, budget))), g.Ho
+    return 1, int(max(1, min(g.Ho, limit // max(per_row, 1))))
+
+
+def _gemm_chunks(g, samples, rows):
+    """(first sample, samples, first row, end row) of each chunk, in order."""
+    if rows == g.Ho:
+        return [(n0, min(samples, g.N - n0), 0, g.Ho) for n0 in range(0, g.N, samples)]
+    return [(n, 1, r0, min(g.Ho, r0 + rows)) for n in range(g.N) for r0 in range(0, g.Ho, rows)]
 
 
 def _head(buf, rows, cols):
@@ -98,8 +179,11 @@ def _head(buf, rows, cols):
     return buf[: rows * cols].reshape(rows, cols)
 
 
-def _im2col_args(g):
-    return (g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.Ho, g.Wo)
+def _im2col_args(g, r0=0, r1=None):
+    """im2col/col2im's geometry arguments for output rows [r0, r1) (default all): a band of rows
+    is the convolution whose top padding is r0 * stride less."""
+    r1 = g.Ho if r1 is None else r1
+    return (g.kh, g.kw, g.sh, g.sw, g.pt - r0 * g.sh, g.pl, g.dh, g.dw, r1 - r0, g.Wo)
 
 
 def forward_checked(x, weight, bias, g):
@@ -112,17 +196,24 @@ def forward_checked(x, weight, bias, g):
     nt = threads_for(g.N * g.C * g.kh * g.kw * g.Ho * g.Wo)  # the column matrix's size
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=dtype)
-    algorithm = _algorithm(g, dtype)
+    algorithm, automatic = _choice(g, dtype)
     if algorithm == "small":
         _direct.small_conv(x, g.pt, g.pl, weight, False, y, b, has_bias)
         return y
     if algorithm == "direct":
-        xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
-        _direct.direct_forward(xp, weight, y, b, has_bias, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+        for n0, n1, xp in _padded_chunks(x, g.pt, g.pb, g.pl, g.pr):
+            _direct.direct_forward(xp, weight, y[n0:n1], b, has_bias, g.sh, g.sw, g.dh, g.dw,
+                                   g.groups, nt)
         return y
     if algorithm == "winograd":
-        _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
-        return y
+        if not automatic:
+            _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
+            return y
+        with np.errstate(over="ignore", invalid="ignore"):
+            _winograd_conv(x, weight, False, b, has_bias, y, g.pt, g.pl, nt)
+        if _all_finite(y):
+            return y
+        # Winograd overflowed (see the note by _WINOGRAD_AUTO): again by im2col + GEMM below
     G, K, P = g.groups, g.K, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
@@ -133,17 +224,22 @@ def forward_checked(x, weight, bias, g):
         if has_bias:
             y += b.reshape(1, K, 1, 1)
         return y
-    chunk = _chunk_size(g, dtype.itemsize)
-    cols = np.empty(G * R * chunk * P, dtype=dtype)
-    out = np.empty(K * chunk * P, dtype=dtype)
+    samples, rows = _gemm_plan(g, dtype.itemsize)
+    cols = np.empty(G * R * samples * rows * g.Wo, dtype=dtype)
+    out = np.empty(K * samples * rows * g.Wo, dtype=dtype)
     y3 = y.reshape(g.N, K, P)
-    for n0 in range(0, g.N, chunk):
-        nc = min(chunk, g.N - n0)
-        c = _head(cols, G * R, nc * P)
-        o = _head(out, K, nc * P)
-        _im2col.im2col(x, c, n0, *_im2col_args(g), nt)
-        np.matmul(w, c.reshape(G, R, nc * P), out=o.reshape(G, Kg, nc * P))
-        _im2col.gemm_to_nchw(o, y3, n0, b, has_bias, nt)
+    for n0, nc, r0, r1 in _gemm_chunks(g, samples, rows):
+        m = nc * (r1 - r0) * g.Wo
+        c = _head(cols, G * R, m)
+        o = _head(out, K, m)
+        _im2col.im2col(x, c, n0, *_im2col_args(g, r0, r1), nt)
+        np.matmul(w, c.reshape(G, R, m), out=o.reshape(G, Kg, m))
+        if r1 - r0 == g.Ho:
+            _im2col.gemm_to_nchw(o, y3, n0, b, has_bias, nt)
+        elif has_bias:
+            np.add(o.reshape(K, r1 - r0, g.Wo), b.reshape(K, 1, 1), out=y[n0, :, r0:r1])
+        else:
+            np.copyto(y[n0, :, r0:r1], o.reshape(K, r1 - r0, g.Wo))
     return y
 
 
@@ -153,7 +249,7 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
     grad_weight, compute grad_bias too (into ``out_bias`` when given); otherwise it is None."""
     dtype = x.dtype
     K = g.K
-    algorithm = _algorithm(g, dtype)
+    algorithm, automatic = _choice(g, dtype)
     # Winograd and direct at stride 1 write every element of grad_input; the others accumulate
     gx = None
     if need_input:
@@ -178,60 +274,112 @@ def _backward_kernels(x, weight, gy, g, need_input, need_weight, out_weight=None
         if need_weight:
             gw = np.empty(weight.shape, dtype=dtype) if out_weight is None else out_weight
             gb = np.empty(K, dtype=dtype) if out_bias is None else out_bias
-            xp = _pad_planes(x, g.pt, g.pb, g.pl, g.pr)
-            _direct.direct_grad_weight(gy, xp, gw, gb, True, g.sh, g.sw, g.dh, g.dw, g.groups, nt)
+            parts = None
+            for n0, n1, xp in _padded_chunks(x, g.pt, g.pb, g.pl, g.pr):
+                if n0 == 0:
+                    _direct.direct_grad_weight(gy[n0:n1], xp, gw, gb, True, g.sh, g.sw, g.dh, g.dw,
+                                               g.groups, nt)
+                    continue
+                # a later chunk of samples (see _padded_chunks): its sums are added on in order
+                parts = parts or (np.empty_like(gw), np.empty_like(gb))
+                _direct.direct_grad_weight(gy[n0:n1], xp, parts[0], parts[1], True, g.sh, g.sw,
+                                           g.dh, g.dw, g.groups, nt)
+                gw += parts[0]
+                gb += parts[1]
         return gx, gw, gb
+    if algorithm == "winograd":
+        with np.errstate(over="ignore", invalid="ignore") if automatic else contextlib.nullcontext():
+            if need_input:
+                # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
+                _winograd_conv(gy, weight, True, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
+            if need_weight:
+                gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
+        if automatic:
+            # a gradient that is not all finite is computed again by GEMM (see by _WINOGRAD_AUTO)
+            redo_input = need_input and not _all_finite(gx)
+            redo_weight = need_weight and not _all_finite(gw)
+            if redo_input or redo_weight:
+                if redo_input:
+                    gx[...] = 0  # col2im accumulates
+                _, gw2, _ = _gemm_backward(x, weight, gy, g, redo_input, redo_weight, gx, nt)
+                gw = gw2 if redo_weight else gw
+        return gx, gw, None
+    return _gemm_backward(x, weight, gy, g, need_input, need_weight, gx, nt)
+
+
+def _gemm_backward(x, weight, gy, g, need_input, need_weight, gx, nt):
+    """_backward_kernels by im2col + GEMM: grad_input accumulated into ``gx`` (zeroed, or None
+    when not needed), grad_weight a new array; returns (gx, grad_weight or None, None)."""
+    dtype = x.dtype
+    K = g.K
     G, P = g.groups, g.Ho * g.Wo
     Kg, Cg = K // G, g.C // G
     R = Cg * g.kh * g.kw
-    if algorithm == "winograd":
-        if need_input:
-            # dx is the stride-1 3x3 convolution of dy padded by 2 - p, with W'[c, k] = W[k, c, ::-1, ::-1]
-            _winograd_conv(gy, weight, True, np.empty(0, dtype=dtype), False, gx, 2 - g.pt, 2 - g.pl, nt)
-        if need_weight:
-            gw = _winograd_grad_weight(x, gy, g.pt, g.pl, nt)
-        return gx, gw, None
     w = weight.reshape(G, Kg, R)
     wt = np.ascontiguousarray(w.transpose(0, 2, 1)) if need_input else None
-    chunk = _chunk_size(g, dtype.itemsize)
-    cols = np.empty(G * R * chunk * P, dtype=dtype)
-    gbuf = np.empty(K * chunk * P, dtype=dtype)
+    samples, rows = _gemm_plan(g, dtype.itemsize)
+    chunks = _gemm_chunks(g, samples, rows)
+    cols = np.empty(G * R * samples * rows * g.Wo, dtype=dtype)
+    gbuf = np.empty(K * samples * rows * g.Wo, dtype=dtype)
     # dW^T = cols @ dY^T, (R, Kg) per group: OpenBLAS runs this orientation 1.1-2.5x faster than
     # dY @ cols^T on the reference shapes (the long inner dimension is contiguous in both operands)
     gwt = np.empty((G, R, Kg), dtype=dtype) if need_weight else None
-    tmp = np.empty_like(gwt) if need_weight and chunk < g.N else None
+    tmp = np.empty_like(gwt) if need_weight and len(chunks) > 1 else None
     gy3 = gy.reshape(g.N, K, P)
-    for n0 in range(0, g.N, chunk):
-        nc = min(chunk, g.N - n0)
-        c = _head(cols, G * R, nc * P)
-        d = _head(gbuf, K, nc * P)
-        _im2col.nchw_to_gemm(gy3, d, n0, nt)
-        d3 = d.reshape(G, Kg, nc * P)
+    for i, (n0, nc, r0, r1) in enumerate(chunks):
+        m = nc * (r1 - r0) * g.Wo
+        c = _head(cols, G * R, m)
+        d = _head(gbuf, K, m)
+        if r1 - r0 == g.Ho:
+            _im2col.nchw_to_gemm(gy3, d, n0, nt)
+        else:
+            np.copyto(d.reshape(K, r1 - r0, g.Wo), gy[n0, :, r0:r1])
+        d3 = d.reshape(G, Kg, m)
         if need_weight:
-            _im2col.im2col(x, c, n0, *_im2col_args(g), nt)
-            c3 = c.reshape(G, R, nc * P)
-            if n0 == 0:
+            _im2col.im2col(x, c, n0, *_im2col_args(g, r0, r1), nt)
+            c3 = c.reshape(G, R, m)
+            if i == 0:
                 np.matmul(c3, d3.transpose(0, 2, 1), out=gwt)
             else:
                 np.matmul(c3, d3.transpose(0, 2, 1), out=tmp)
                 gwt += tmp
         if need_input:
             # the columns are no longer needed: reuse their buffer for d(cols)
-            np.matmul(wt, d3, out=c.reshape(G, R, nc * P))
-            _im2col.col2im(c, gx, n0, *_im2col_args(g), nt)
+            np.matmul(wt, d3, out=c.reshape(G, R, m))
+            _im2col.col2im(c, gx, n0, *_im2col_args(g, r0, r1), nt)
     gw = np.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(weight.shape) if need_weight else None
     return gx, gw, None
 
 
-def _pad_planes(a, top, bottom, left, right):
+def _pad_planes(a, top, bottom, left, right, out=None):
     """``a`` (N, C, H, W) zero-padded by the given amounts on each side (a negative amount crops);
-    ``a`` itself when all are 0."""
+    ``a`` itself when all are 0. ``out``: a flat buffer to write it into (large enough)."""
     if top == bottom == left == right == 0:
         return a
     N, C, H, W = a.shape
-    out = np.empty((N, C, H + top + bottom, W + left + right), dtype=a.dtype)
+    shape = (N, C, H + top + bottom, W + left + right)
+    if out is None:
+        out = np.empty(shape, dtype=a.dtype)
+    else:
+        out = out[: N * C * shape[2] * shape[3]].reshape(shape)
     _direct.pad_planes(a, out, top, left)
     return out
+
+
+def _padded_chunks(a, top, bottom, left, right):
+    """Yield (n0, n1, a[n0:n1] padded as _pad_planes pads it) over the batch, in chunks of as many
+    samples as fit the workspace cap (at least one), all written into one buffer; one chunk of
+    ``a`` itself when nothing is padded."""
+    N, C, H, W = a.shape
+    sample = C * (H + top + bottom) * (W + left + right) * a.itemsize
+    if sample == 0 or top == bottom == left == right == 0:
+        yield 0, N, a
+        return
+    n = int(max(1, min(N, get_workspace_limit() // sample)))
+    buf = np.empty(n * sample // a.itemsize, dtype=a.dtype)
+    for n0 in range(0, N, n):
+        n1 = min(N, n0 + n)
+        yield n0, n1, _pad_planes(a[n0:n1], top, bottom, left, right, buf)
 
 
 # Small stride-1 direct convolutions (one LeNet sample: a column matrix under _SMALL_WORK
@@ -266,8 +414,8 @@ def _direct_grad_input_full(gy, weight, gx, g, nt):
     """Stride-1 grad_input by the direct kernels: the "full" correlation of gy, padded by
     dilation * (kernel - 1) - padding on each side, with the weights turned by 180 degrees."""
     eh, ew = (g.kh - 1) * g.dh, (g.kw - 1) * g.dw
-    gyp = _pad_planes(gy, eh - g.pt, eh - g.pb, ew - g.pl, ew - g.pr)
-    _direct.direct_grad_input_full(gyp, weight, gx, g.dh, g.dw, g.groups, nt)
+    for n0, n1, gyp in _padded_chunks(gy, eh - g.pt, eh - g.pb, ew - g.pl, ew - g.pr):
+        _direct.direct_grad_input_full(gyp, weight, gx[n0:n1], g.dh, g.dw, g.groups, nt)
 
 
 # Winograd F(4x4, 3x3) (cnnext/_kernels/_winograd.pyx): 3x3, stride 1, dilation 1, groups 1, any padding.
@@ -281,8 +429,16 @@ def _direct_grad_input_full(gy, weight, gx, g, nt):
 # 0.90 / 1.12, 16x16 0.64 / 0.74; 32 channels 8x8 0.69 / 0.97; 64 channels 8x8 0.81 / 0.92, 32x32
 # 0.45 / 0.40; slower (1.0-2.2) on 4x4 and 6x6 outputs and below 32 channels on 8x8.
 _WINOGRAD_AUTO = ((16, 8), (8, 32))
+# Winograd's transforms scale values up before the products are summed (the input transform by up
+# to 100, the output transform by up to 361), so near the top of the float range it overflows to
+# inf, and inf - inf to NaN, where im2col + GEMM (products summed directly) stays finite: float32
+# inputs of magnitude 1e37 gave NaN everywhere. The automatic choice therefore checks each result
+# (the output, grad_input, grad_weight) for a non-finite element, two reductions over it, and
+# computes one that has any again by im2col + GEMM, which also gives exactly GEMM's NaN and inf
+# where the input holds them (Winograd spreads one NaN over its whole 4x4 output tile). A forced
+# 'winograd' is left as it computes.
 # Target size of one chunk's transformed input V plus GEMM output M. Each of the threads that share
-# the chunks (cnnext/_parallel.py) holds one. Measured on the 2-core dev machine at 2 threads,
+# the chunks (cnnext/_threads.py) holds one. Measured on the 2-core dev machine at 2 threads,
 # fwd+bwd / PyTorch's in the same run: cifar 1-2 MiB 0.63-0.70, 4 MiB 0.81-0.89, 7 MiB 0.76-0.92;
 # deep 0.78-0.95 at every size (OpenBLAS runs the grad_weight GEMMs, whose inner dimension is the
 # chunk's tile count, erratically slower at some sizes, e.g. cifar's 256 tiles).
@@ -311,20 +467,45 @@ def _winograd_chunks(N, C, K, Ho, Wo, dtype):
     rounded up to a multiple of 4 (of 2 below 4), with sizes differing by at most one sample, so
     that 2 or 4 threads get equal shares (deep: 12 chunks of 2-3 samples, not 10 of 3 and one of
     2). The chunks never depend on the thread count: grad_weight sums over them, in their order.
+    A chunk's workspace (_winograd_workspace_bytes, with the buffers' row padding) stays within
+    the workspace cap unless a chunk is one sample.
     """
     tiles = ((Ho + 3) // 4) * ((Wo + 3) // 4)
     per_sample = 36 * (C + K) * tiles * dtype.itemsize
     budget = max(1, min(get_workspace_limit(), _WINOGRAD_CACHE_TARGET_BYTES) // max(per_sample, 1))
-    count = max(4, -(-N // budget))
-    count = min(N, -(-count // 4) * 4)
-    if count < N and count % 2:
-        count += 1
-    count = max(count, 1)
-    bounds = [N * i // count for i in range(count + 1)]
-    chunks = [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
-    pad = _winograd.TILE_GEMM_PAD  # the tile GEMM reads each row up to a multiple of this
-    ld = -(-max(nc for _, nc in chunks) * tiles // pad) * pad
-    return tiles, ld, chunks
+    while True:
+        count = max(4, -(-N // budget))
+        count = min(N, -(-count // 4) * 4)
+        if count < N and count % 2:
+            count += 1
+        count = max(count, 1)
+        bounds = [N * i // count for i in range(count + 1)]
+        chunks = [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
+        largest = max(nc for _, nc in chunks)
+        ld = _winograd_pitch(largest * tiles)
+        if largest == 1 or _winograd_workspace_bytes(C, K, ld, dtype.itemsize) <= get_workspace_limit():
+            return tiles, ld, chunks
+        budget = min(budget, largest) - 1  # the padding made it too large: smaller chunks
+
+
+def _winograd_pitch(tiles):
+    """The row pitch for a chunk of ``tiles`` tiles: rounded up to TILE_GEMM_PAD, which the tile
+    GEMM reads each row up to."""
+    pad = _winograd.TILE_GEMM_PAD
+    return -(-tiles // pad) * pad
+
+
+def _winograd_buffer_columns(rows, ld, itemsize):
+    """Columns of a _winograd_buffer: rows * ld, plus the padding that puts its rows 64 bytes past
+    a multiple of 4 KiB apart."""
+    cols = rows * ld
+    return cols + ((64 - cols * itemsize) % 4096) // itemsize
+
+
+def _winograd_workspace_bytes(C, K, ld, itemsize):
+    """Bytes of one thread's _winograd_workspace."""
+    return 36 * itemsize * (_winograd_buffer_columns(C, ld, itemsize)
+                            + _winograd_buffer_columns(K, ld, itemsize))
 
 
 def _winograd_buffer(rows, ld, dtype):
@@ -333,9 +514,7 @@ def _winograd_buffer(rows, ld, dtype):
     The transforms write (or read) 36 runs per plane, one in each row. Rows a multiple of 4 KiB
     apart map to the same few cache sets, so those runs would evict each other; 64 bytes more per
     row spreads them out."""
-    item = dtype.itemsize
-    cols = rows * ld
-    return np.empty((36, cols + ((64 - cols * item) % 4096) // item), dtype=dtype)
+    return np.empty((36, _winograd_buffer_columns(rows, ld, dtype.itemsize)), dtype=dtype)
 
 
 def _winograd_workspace(C, K, ld, dtype):
@@ -371,11 +550,12 @@ def _winograd_conv(x, weight, rotate, bias, has_bias, y, pt, pl, nt):
         if native:
             _winograd.tile_gemm(u, vbuf, mbuf, K, T, ld, threads)
         else:
-            _parallel.matmul(u, _as_gemm(vbuf, C, ld, T), _as_gemm(mbuf, K, ld, T), threads)
+            _threads.matmul(u, _as_gemm(vbuf, C, ld, T), _as_gemm(mbuf, K, ld, T), threads)
         _winograd.output_transform(mbuf, y, n0, bias, has_bias, nc, ld, threads)
 
-    for _ in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
-                                  36 * (C + K) * ld * dtype.itemsize, uses_blas=not native):
+    for _ in _threads.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
+                                  _winograd_workspace_bytes(C, K, ld, dtype.itemsize),
+                                  uses_blas=not native):
         pass
 
 
@@ -399,12 +579,13 @@ def _winograd_grad_weight(x, gy, pt, pl, nt):
         if native:
             _winograd.tile_gemm_grad(mbuf, vbuf, du, T, ld, threads)
             return du
-        return _parallel.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
+        return _threads.matmul(_as_gemm(mbuf, K, ld, T), _as_gemm(vbuf, C, ld, T).transpose(0, 2, 1),
                                 du, threads)
 
     du = None
-    for part in _parallel.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
-                                     36 * (C + K) * ld * dtype.itemsize, uses_blas=not native):
+    for part in _threads.map_chunks(job, len(chunks), nt, lambda: _winograd_workspace(C, K, ld, dtype),
+                                     _winograd_workspace_bytes(C, K, ld, dtype.itemsize),
+                                     uses_blas=not native):
         if du is None:
             du = part
         else:

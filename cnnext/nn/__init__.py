@@ -31,13 +31,21 @@ from cnnext.nn.layers import (
     Sigmoid,
     Tanh,
 )
+from cnnext.nn.normalization import BatchNorm1d, BatchNorm2d
+from cnnext.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from cnnext.nn.loss import CrossEntropyLoss, MSELoss
-from cnnext.nn.module import Module, Parameter, Sequential
+from cnnext.nn import ops, utils
+from cnnext.nn.module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
 
 __all__ = [
     "Parameter",
     "Module",
     "Sequential",
+    "ModuleList",
+    "ModuleDict",
+    "Identity",
+    "ops",
+    "utils",
     "Conv2d",
     "Linear",
     "MaxPool2d",
@@ -46,6 +54,10 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "Flatten",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
     "Dropout",
     "CrossEntropyLoss",
     "MSELoss",

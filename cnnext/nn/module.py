@@ -10,9 +10,11 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from cnnext._grad_mode import is_grad_enabled
 from cnnext._validation import check_bool, check_dtype, check_shape, result_dtype
+from cnnext.nn import _tape
 
-__all__ = ["Parameter", "Module", "Sequential"]
+__all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "Identity"]
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -96,12 +98,20 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
 
     # -- attribute registration -------------------------------------------------------------
     def __setattr__(self, name, value):
         d = self.__dict__
+        buffers = d.get("_buffers")
+        if buffers is not None and name in buffers:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"{type(self).__name__}: buffer {name!r} must be an ndarray or None, "
+                                f"got {type(value).__name__}")
+            buffers[name] = value
+            return
         if not isinstance(value, (Parameter, Module)) and name in d:
             d[name] = value  # fast path: plain attribute already set (caches in forward)
             return
@@ -127,6 +137,8 @@ class Module:
         d = self.__dict__
         if name in d.get("_parameters", ()):
             return d["_parameters"][name]
+        if name in d.get("_buffers", ()):
+            return d["_buffers"][name]
         if name in d.get("_modules", ()):
             return d["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -134,6 +146,8 @@ class Module:
     def __delattr__(self, name):
         if name in self._parameters:
             del self._parameters[name]
+        elif name in self._buffers:
+            del self._buffers[name]
         elif name in self._modules:
             del self._modules[name]
         else:
@@ -145,7 +159,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, grad_output, input_grad=True):
-        """Return d loss / d input and accumulate parameter gradients (subclasses implement it).
+        """Return d loss / d input and accumulate parameter gradients.
+
+        Layers implement it. A module that does not (a block whose ``forward`` calls sub-modules
+        and ``cnnext.nn.ops``, such as a residual block) gets it from the tape of its last
+        ``forward`` (see ``cnnext.nn._tape``): exact, with fan-out summed and unused branches skipped.
 
         Parameters
         ----------
@@ -155,18 +173,106 @@ class Module:
             When False the gradient with respect to the input is not needed (first layer of a
             model); a module may then skip computing it and return None.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+        tape = self.__dict__.get("_tape")
+        if tape is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: call forward first (nothing recorded from a "
+                f"forward pass{'; it ran under cnnext.no_grad()' if self.__dict__.get('_no_grad_forward') else ''})"
+            )
+        return tape.backward(grad_output, input_grad)
 
     def __call__(self, *args):
-        return self.forward(*args)
+        outer = _tape.current()
+        enabled = is_grad_enabled()
+        if enabled and type(self).backward is Module.backward:
+            tape = _tape.Tape(self)
+            with tape:
+                out = self.forward(*args)
+            tape.inputs, tape.output = args, out
+            self.__dict__["_tape"] = tape
+        elif outer is not None:
+            # a module with its own backward: what its forward calls is its own business
+            with _tape.suspended():
+                out = self.forward(*args)
+        else:
+            if not enabled:
+                self.__dict__["_tape"] = None
+            out = self.forward(*args)
+        self.__dict__["_no_grad_forward"] = not enabled
+        if outer is not None and enabled:
+            outer.record_module(self, args, out)
+        return out
+
+    def _keep(self, name, value):
+        """Cache ``value`` for backward as attribute ``name`` (None under ``cnnext.no_grad()``)."""
+        self.__dict__[name] = value if is_grad_enabled() else None
 
     def _cached(self, name):
         value = self.__dict__.get(name)
         if value is None:
+            if self.__dict__.get("_no_grad_forward"):
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: the last forward ran under cnnext.no_grad() "
+                    "(or inference_mode), which keeps nothing for backward; run forward with "
+                    "gradients enabled"
+                )
             raise RuntimeError(
                 f"{type(self).__name__}.backward: call forward first (nothing cached from a forward pass)"
             )
         return value
+
+    # -- buffers ----------------------------------------------------------------------------
+    def register_buffer(self, name, array, persistent=True):
+        """Register ``array`` as state that is not a parameter (BatchNorm's running statistics).
+
+        Buffers are saved in ``state_dict`` (unless ``persistent`` is False), converted by ``to()``
+        when they hold floats, and reachable as attributes; optimizers never see them.
+
+        Parameters
+        ----------
+        name : str
+        array : ndarray or None
+        persistent : bool
+        """
+        func = f"{type(self).__name__}.register_buffer"
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{func}: name must be a non-empty string without '.', got {name!r}")
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"{func}: array must be an ndarray or None, got {type(array).__name__}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"{func}: {name!r} is already a parameter or sub-module")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = array
+        if not persistent:
+            self.__dict__.setdefault("_non_persistent", set()).add(name)
+        else:
+            self.__dict__.get("_non_persistent", set()).discard(name)
+
+    def named_buffers(self, prefix=""):
+        """Iterate over (dotted name, array) pairs of every buffer (None buffers skipped)."""
+        for mname, m in self.named_modules(prefix):
+            for bname, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mname}.{bname}" if mname else bname), b
+
+    def buffers(self):
+        """Iterate over the buffer arrays."""
+        for _, b in self.named_buffers():
+            yield b
+
+    def _named_state(self):
+        """(name, owner module, attribute, kind) of every state_dict entry, in PyTorch's order:
+        each module's parameters, then its persistent buffers, then its sub-modules'."""
+        seen = set()
+        for mname, m in self.named_modules():
+            for pname, p in m._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), m, pname, "parameter"
+            skip = m.__dict__.get("_non_persistent", ())
+            for bname, b in m._buffers.items():
+                if b is not None and bname not in skip:
+                    yield (f"{mname}.{bname}" if mname else bname), m, bname, "buffer"
 
     # -- traversal --------------------------------------------------------------------------
     def children(self):
@@ -226,6 +332,10 @@ class Module:
             p.data = p.data.astype(dt)
             p.grad = p.grad.astype(dt)
         for m in self.modules():
+            for bname, b in m._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    m._buffers[bname] = b.astype(dt)
+        for m in self.modules():
             if "dtype" in m.__dict__:
                 object.__setattr__(m, "dtype", dt)
         return self
@@ -245,7 +355,11 @@ class Module:
         The arrays have PyTorch's layouts (Conv2d weight (out, in/groups, kH, kW); Linear weight
         (out, in)), so ``torch_model.load_state_dict({k: torch.from_numpy(v) ...})`` accepts it.
         """
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        out = OrderedDict()
+        for name, m, attr, kind in self._named_state():
+            value = m._parameters[attr].data if kind == "parameter" else m._buffers[attr]
+            out[name] = value.copy()
+        return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays into the parameters, by name.
@@ -265,7 +379,7 @@ class Module:
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"{owner}: state_dict must be a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")
-        params = OrderedDict(self.named_parameters())
+        params = OrderedDict((name, (m, attr, kind)) for name, m, attr, kind in self._named_state())
         missing = [k for k in params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in params]
         if strict and (missing or unexpected):
@@ -277,16 +391,19 @@ class Module:
             raise ValueError(f"{owner}: state_dict does not match the model: {'; '.join(parts)} "
                              f"(the model has {list(params)})")
         staged = []
-        for name, p in params.items():
+        for name, (m, attr, kind) in params.items():
             if name not in state_dict:
                 continue
+            target = m._parameters[attr].data if kind == "parameter" else m._buffers[attr]
             value = _to_numpy(state_dict[name])
             if value.dtype.kind not in "fiu" or value.dtype.kind == "c":
                 raise TypeError(f"{owner}: {name!r} must be a real numeric array, got dtype {value.dtype}")
-            check_shape(value, p.data.shape, repr(name), owner)
-            staged.append((p, value))
-        for p, value in staged:  # all checked first: a failed load changes nothing
-            p.data[...] = value
+            check_shape(value, target.shape, repr(name), owner)
+            if target.dtype.kind in "iu" and value.dtype.kind == "f" and not np.all(value == np.round(value)):
+                raise ValueError(f"{owner}: {name!r} must hold whole numbers, got {value.ravel()[:4]}")
+            staged.append((target, value))
+        for target, value in staged:  # all checked first: a failed load changes nothing
+            target[...] = value
         return IncompatibleKeys(missing, unexpected)
 
     # -- display ----------------------------------------------------------------------------
@@ -374,3 +491,124 @@ class Sequential(Module):
         for i in range(len(mods) - 1, -1, -1):
             g = mods[i].backward(g, input_grad=input_grad or i > 0)
         return g
+
+
+def _check_child(module, what, func):
+    if not isinstance(module, Module):
+        raise TypeError(f"{func}: {what} must be a cnnext.nn.Module, got {type(module).__name__}")
+    return module
+
+
+class ModuleList(Module):
+    """A list of sub-modules, registered as "0", "1", ... (PyTorch's state_dict keys).
+
+    It holds modules only; the ``forward`` of the module that owns it decides how they are called.
+
+    Parameters
+    ----------
+    modules : iterable of Module, optional
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        """Add a module at the end; return self."""
+        self._modules[str(len(self._modules))] = _check_child(module, "module", "ModuleList.append")
+        return self
+
+    def extend(self, modules):
+        """Append every module of an iterable; return self."""
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        mods = list(self._modules.values())
+        if isinstance(index, slice):
+            return ModuleList(mods[index])
+        return mods[index]
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleList has no forward: call its modules from the owner's forward")
+
+
+class ModuleDict(Module):
+    """An ordered mapping of names to sub-modules (keys become state_dict prefixes).
+
+    Parameters
+    ----------
+    modules : mapping or iterable of (str, Module) pairs, optional
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __setitem__(self, name, module):
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"ModuleDict: keys must be non-empty strings without '.', got {name!r}")
+        self._modules[name] = _check_child(module, f"the value for {name!r}", "ModuleDict")
+
+    def __getitem__(self, name):
+        return self._modules[name]
+
+    def __delitem__(self, name):
+        del self._modules[name]
+
+    def __contains__(self, name):
+        return name in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        """The names, in insertion order."""
+        return self._modules.keys()
+
+    def values(self):
+        """The modules, in insertion order."""
+        return self._modules.values()
+
+    def items(self):
+        """(name, module) pairs, in insertion order."""
+        return self._modules.items()
+
+    def update(self, modules):
+        """Add (name, module) pairs from a mapping or an iterable of pairs."""
+        items = modules.items() if hasattr(modules, "items") else modules
+        for name, m in items:
+            self[name] = m
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleDict has no forward: call its modules from the owner's forward")
+
+
+class Identity(Module):
+    """Returns its input unchanged (a placeholder, e.g. a residual shortcut)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        """Return ``x``."""
+        return x
+
+    def backward(self, grad_output, input_grad=True):
+        """Return ``grad_output`` (None when ``input_grad`` is False)."""
+        return grad_output if input_grad else None
+
+    def _config(self):
+        return {}
