@@ -160,3 +160,16 @@ def test_activation_errors_name_the_class(name):
     with pytest.raises(TypeError, match=rf"^{name}.backward\(\) missing 1 required positional argument"):
         getattr(nn, name)().backward()
     assert getattr(nn, name).forward.__doc__  # the copies keep their docstrings
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2d"])
+def test_batchnorm_errors_name_the_class(name):
+    with pytest.raises(TypeError) as ours:
+        getattr(nn, name)(4, foo=1)
+    with pytest.raises(TypeError) as theirs:
+        getattr(torch.nn, name)(4, foo=1)
+    want = f"{name}.__init__() got an unexpected keyword argument 'foo'"
+    assert str(ours.value) == want
+    assert str(theirs.value) == want.replace(name, "_BatchNorm")  # PyTorch names its private base here
+    with pytest.raises(TypeError, match=rf"^{name}.forward\(\) missing 1 required positional argument"):
+        getattr(nn, name)(4)()
