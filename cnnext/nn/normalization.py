@@ -8,7 +8,7 @@ import numpy as np
 
 from cnnext._validation import check_bool, check_dtype, check_float, check_int
 from cnnext.functional import normalization as _bn
-from cnnext.nn.module import Module, Parameter
+from cnnext.nn.module import Module, Parameter, own_methods
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
 
@@ -16,6 +16,10 @@ __all__ = ["BatchNorm1d", "BatchNorm2d"]
 class _BatchNorm(Module):
     _ndims = ()
     _expected = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own_methods(cls)  # errors name BatchNorm2d.__init__, not _BatchNorm.__init__
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32):

@@ -14,19 +14,6 @@ from cnnext.nn.module import Parameter
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
 
 
-def _check_float(value, name, owner, minimum=0.0, maximum=None, open_max=False):
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}") from None
-    if not math.isfinite(v) or v < minimum or (maximum is not None and (v >= maximum if open_max else v > maximum)):
-        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}{')' if open_max else ']'}"
-        raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
-    return v
-
-
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``zero_grad``, ``state_dict``.
 
@@ -172,12 +159,11 @@ class SGD(Optimizer):
 
     def _check_group(self, g):
         o = "SGD"
-        g["lr"] = _check_float(g["lr"], "lr", o)
-        g["momentum"] = _check_float(g["momentum"], "momentum", o)
-        g["dampening"] = _check_float(g["dampening"], "dampening", o)
-        g["weight_decay"] = _check_float(g["weight_decay"], "weight_decay", o)
-        if not isinstance(g["nesterov"], (bool, np.bool_)):
-            raise TypeError(f"{o}: nesterov must be a bool, got {g['nesterov']!r}")
+        g["lr"] = check_float(g["lr"], "lr", o, minimum=0.0)
+        g["momentum"] = check_float(g["momentum"], "momentum", o, minimum=0.0)
+        g["dampening"] = check_float(g["dampening"], "dampening", o, minimum=0.0)
+        g["weight_decay"] = check_float(g["weight_decay"], "weight_decay", o, minimum=0.0)
+        g["nesterov"] = check_bool(g["nesterov"], "nesterov", o)
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError(f"{o}: nesterov=True needs momentum > 0 and dampening = 0, got "
                              f"momentum={g['momentum']}, dampening={g['dampening']}")
@@ -231,16 +217,15 @@ class Adam(Optimizer):
 
     def _check_group(self, g):
         o = type(self).__name__
-        g["lr"] = _check_float(g["lr"], "lr", o)
-        g["eps"] = _check_float(g["eps"], "eps", o)
-        g["weight_decay"] = _check_float(g["weight_decay"], "weight_decay", o)
+        g["lr"] = check_float(g["lr"], "lr", o, minimum=0.0)
+        g["eps"] = check_float(g["eps"], "eps", o, minimum=0.0)
+        g["weight_decay"] = check_float(g["weight_decay"], "weight_decay", o, minimum=0.0)
         b = g["betas"]
         if not isinstance(b, (tuple, list)) or len(b) != 2:
             raise ValueError(f"{o}: betas must be a pair of floats in [0, 1), got {b!r}")
-        g["betas"] = (_check_float(b[0], "betas[0]", o, 0.0, 1.0, open_max=True),
-                      _check_float(b[1], "betas[1]", o, 0.0, 1.0, open_max=True))
-        if not isinstance(g["amsgrad"], (bool, np.bool_)):
-            raise TypeError(f"{o}: amsgrad must be a bool, got {g['amsgrad']!r}")
+        g["betas"] = (check_float(b[0], "betas[0]", o, 0.0, 1.0, open_max=True),
+                      check_float(b[1], "betas[1]", o, 0.0, 1.0, open_max=True))
+        g["amsgrad"] = check_bool(g["amsgrad"], "amsgrad", o)
 
     def step(self):
         """Apply one Adam update to every parameter."""
