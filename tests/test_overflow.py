@@ -96,18 +96,22 @@ def conv_oracle(x, w, gy, stride, padding, dilation):
 
 def torch_conv(x, w, gy, stride, padding, dilation):
     """PyTorch's (y, grad_input, grad_weight), or None when it refuses the arguments."""
-    if torch is None or max(pair(padding)) >= 2**31:
-        return None  # PyTorch 2.13 gets the output size wrong (often 0) from padding 2**31 on
-    # PyTorch 2.13's conv2d backward dies of SIGFPE (the whole process) on large strides: in
-    # float32 already at stride (3, 2**20) with a 1x1 kernel, in float64 from 2**31. Only the
-    # forward pass is compared there.
-    grads = x.dtype == np.float64 and max(pair(stride) + pair(dilation)) < 2**31
-    xt = torch.tensor(x, requires_grad=grads)
-    wt = torch.tensor(w, requires_grad=grads)
+    H, W = x.shape[2:]
+    big = [H + 2 * pair(padding)[0], W + 2 * pair(padding)[1]]
+    big += [d * (k - 1) + 1 for d, k in zip(pair(dilation), w.shape[2:])]
+    if torch is None or max(big) >= 2**31:
+        return None  # PyTorch 2.13 gets the output size wrong (often 0) from padded sizes of 2**31
+    # PyTorch 2.13's float32 conv2d dies of SIGFPE (the whole process) on large strides, the
+    # forward pass at stride 2**60 with a 2x2 kernel, the backward already at (3, 2**20) with a
+    # 1x1 kernel; its float64 backward from stride 2**31. So the reference runs in float64 (the
+    # values are small integers: exact either way), and only its forward pass beyond 2**31.
+    grads = max(pair(stride) + pair(dilation)) < 2**31
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=grads)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=grads)
     try:
         y = TF.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation)
         if grads:
-            y.backward(torch.tensor(gy))
+            y.backward(torch.tensor(gy, dtype=torch.float64))
     except (RuntimeError, ValueError, OverflowError):
         return None
     if not grads:
