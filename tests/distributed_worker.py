@@ -1,4 +1,4 @@
-"""Run under ``mpiexec -n N``: data-parallel training scenarios whose results tests/test_distributed.py
+"""Run under ``mpiexec -n N``: data-parallel training scenarios whose results tests/training/test_distributed.py
 compares with single-process training. Not a test module (pytest does not collect it).
 
 Usage: ``mpiexec -n N python distributed_worker.py OUT.npz`` (or ``--fail-one-rank MODEL.npz``,

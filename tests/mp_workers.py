@@ -1,4 +1,4 @@
-"""Worker functions for the multiprocessing tests of tests/test_threads.py.
+"""Worker functions for the multiprocessing tests of tests/runtime/test_concurrency.py.
 
 They live in a plain module (importable by name from the tests directory, which pytest puts on
 sys.path and multiprocessing passes on to spawned children) so that the spawn and forkserver start

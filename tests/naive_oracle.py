@@ -69,6 +69,7 @@ def conv_padding(padding, kernel, dilation):
 
 
 def _conv_setup(x, w, stride, padding, dilation):
+    """The zero-padded input and the geometry of a convolution."""
     N, C, H, W = x.shape
     K, Cg, kh, kw = w.shape
     sh, sw = pair(stride)
@@ -81,29 +82,33 @@ def _conv_setup(x, w, stride, padding, dilation):
     return xp, (N, C, H, W, K, Cg, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo)
 
 
-def _window(oh, ow, kh, kw, sh, sw, dh, dw):
-    """Slices of the padded input covered by the window of output (oh, ow)."""
-    r0, c0 = oh * sh, ow * sw
-    return slice(r0, r0 + dh * (kh - 1) + 1, dh), slice(c0, c0 + dw * (kw - 1) + 1, dw)
+def _conv_terms(geometry, groups):
+    """Yield (n, k, oh, ow, window) for every output element, ``window`` indexing the part of the
+    padded input that output element sums over (its group's channels, the dilated kernel footprint)."""
+    N, C, H, W, K, Cg, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo = geometry
+    Kg = K // groups
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    r0, c0 = oh * sh, ow * sw
+                    rows = slice(r0, r0 + dh * (kh - 1) + 1, dh)
+                    cols = slice(c0, c0 + dw * (kw - 1) + 1, dw)
+                    yield n, k, oh, ow, (n, slice(g * Cg, (g + 1) * Cg), rows, cols)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """Reference conv2d (float64)."""
     x, unbatched = _batched(x)
     w = np.asarray(w, dtype=np.float64)
-    xp, (N, C, H, W, K, Cg, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo) = _conv_setup(
-        x, w, stride, padding, dilation)
-    Kg = K // groups
+    xp, geometry = _conv_setup(x, w, stride, padding, dilation)
+    N, K, Ho, Wo = geometry[0], geometry[4], geometry[14], geometry[15]
     y = np.zeros((N, K, Ho, Wo))
-    for n in range(N):
-        for k in range(K):
-            g = k // Kg
-            for oh in range(Ho):
-                for ow in range(Wo):
-                    rs, cs = _window(oh, ow, kh, kw, sh, sw, dh, dw)
-                    y[n, k, oh, ow] = np.sum(xp[n, g * Cg:(g + 1) * Cg, rs, cs] * w[k])
-            if b is not None:
-                y[n, k] += float(np.asarray(b, dtype=np.float64)[k])
+    for n, k, oh, ow, window in _conv_terms(geometry, groups):
+        y[n, k, oh, ow] = np.sum(xp[window] * w[k])
+    if b is not None:
+        y += np.asarray(b, dtype=np.float64)[None, :, None, None]
     return y[0] if unbatched else y
 
 
@@ -114,21 +119,15 @@ def conv2d_backward(gy, x, w, stride=1, padding=0, dilation=1, groups=1):
     if unbatched:
         gy = gy[None]
     w = np.asarray(w, dtype=np.float64)
-    xp, (N, C, H, W, K, Cg, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo) = _conv_setup(
-        x, w, stride, padding, dilation)
-    Kg = K // groups
+    xp, geometry = _conv_setup(x, w, stride, padding, dilation)
+    H, W, pt, pl = geometry[2], geometry[3], geometry[12], geometry[13]
     gxp = np.zeros_like(xp)
     gw = np.zeros_like(w)
-    for n in range(N):
-        for k in range(K):
-            g = k // Kg
-            for oh in range(Ho):
-                for ow in range(Wo):
-                    rs, cs = _window(oh, ow, kh, kw, sh, sw, dh, dw)
-                    d = gy[n, k, oh, ow]
-                    # y[n,k,oh,ow] = sum(xp[window] * w[k]) -> both partials are the other factor.
-                    gxp[n, g * Cg:(g + 1) * Cg, rs, cs] += d * w[k]
-                    gw[k] += d * xp[n, g * Cg:(g + 1) * Cg, rs, cs]
+    for n, k, oh, ow, window in _conv_terms(geometry, groups):
+        d = gy[n, k, oh, ow]
+        # y[n,k,oh,ow] = sum(xp[window] * w[k]) -> both partials are the other factor.
+        gxp[window] += d * w[k]
+        gw[k] += d * xp[window]
     gx = gxp[:, :, pt:pt + H, pl:pl + W]
     gb = gy.sum(axis=(0, 2, 3))
     return (gx[0] if unbatched else gx), gw, gb

@@ -232,7 +232,7 @@ step_sdist_contents() {
     require "$listing" '^README\.md$' "README.md"
     require "$listing" '^CHANGELOG\.md$' "CHANGELOG.md"
     require "$listing" '^LICENSE$' "LICENSE"
-    require "$listing" '^tests/test_[^/]*\.py$' "the tests"
+    require "$listing" '^tests/([a-z_]+/)?test_[^/]*\.py$' "the tests"
     require "$listing" '^tests/conftest\.py$' "tests/conftest.py"
     if [ -n "$(git -C "$SRC" ls-files benchmarks)" ]; then
         require "$listing" '^benchmarks/' "the benchmarks"

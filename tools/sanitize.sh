@@ -16,7 +16,7 @@
 #     raise MemoryError, as without ASan, instead of ASan aborting on "allocation-size-too-big")
 #   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 (and -fno-sanitize-recover=undefined)
 # Every report goes to a log file (log_path), so reports from subprocesses (multiprocessing, the CLI
-# tests) are counted too. tests/test_bounds.py (out-of-bounds indices to max_pool2d_backward) runs
+# tests) are counted too. tests/kernels/test_pool_backward_bounds.py (out-of-bounds indices to max_pool2d_backward) runs
 # on its own first: it must raise ValueError with no sanitizer report.
 # torch is NOT installed in the sanitizer venv (its native code under a preloaded ASan runtime is
 # not what is under test, and it is known to misbehave there): the torch agreement tests skip, as
@@ -176,14 +176,14 @@ for variant in $variants; do
 
     # First, on its own: out-of-bounds indices given to max_pool2d_backward must be stopped by
     # validation (ValueError), with not a single sanitizer report.
-    echo "== [$variant] out-of-bounds indices to max_pool2d_backward (tests/test_bounds.py)"
+    echo "== [$variant] out-of-bounds indices to max_pool2d_backward (tests/kernels/test_pool_backward_bounds.py)"
     mkdir -p "$logs/bounds"
     set +e
-    run_sanitized "$tree" "$logs/bounds" tests/test_bounds.py -rA >"$logs/bounds/pytest.log" 2>&1
+    run_sanitized "$tree" "$logs/bounds" tests/kernels/test_pool_backward_bounds.py -rA >"$logs/bounds/pytest.log" 2>&1
     bstatus=$?
     set -e
     nb=$(count_reports "$logs/bounds")
-    nvalue=$(grep -c "^PASSED tests/test_bounds.py" "$logs/bounds/pytest.log" || true)
+    nvalue=$(grep -c "^PASSED tests/kernels/test_pool_backward_bounds.py" "$logs/bounds/pytest.log" || true)
     result_bounds[$variant]="exit $bstatus, $nvalue tests passed (each bad index raised ValueError), $nb sanitizer reports"
     if [ "$bstatus" != 0 ] || [ "$nb" != 0 ]; then
         overall=1

@@ -24,10 +24,11 @@ import pytest
 import cnnext
 import cnnext.functional as F
 import naive_oracle as oracle
-from cnnext import ConvLayer, Filter, IdentityActivator, ReluActivator, TanhActivator
+from cnnext import Filter, IdentityActivator, ReluActivator, TanhActivator
 from cnnext import _config
 from cnnext.learn_dl import layers
 from cnnext._config import force_conv_algorithm
+from helpers import layer_grads, layer_params, random_conv_layer, same_at_thread_counts
 
 # (input_width, input_height, channel_number, filter_width, filter_height, filter_number,
 #  zero_padding, stride)
@@ -43,27 +44,6 @@ SHAPES = [
 IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
-def random_layer(shape, act=None, seed=0):
-    iw, ih, c, fw, fh, k, zp, stride = shape
-    rng = np.random.default_rng(seed)
-    layer = ConvLayer(iw, ih, c, fw, fh, k, zp, stride, act or IdentityActivator(), 0.1)
-    for f in layer.filters:
-        f.weights = rng.standard_normal((c, fh, fw))
-        f.bias = rng.standard_normal()
-    return layer
-
-
-def params(layer):
-    w = np.stack([f.weights for f in layer.filters])
-    b = np.array([f.bias for f in layer.filters])
-    return w, b
-
-
-def grads(layer):
-    return (np.stack([f.weights_grad for f in layer.filters]),
-            np.array([f.bias_grad for f in layer.filters]))
-
-
 def sample(layer, n=None, seed=1):
     rng = np.random.default_rng(seed)
     lead = () if n is None else (n,)
@@ -74,7 +54,7 @@ def sample(layer, n=None, seed=1):
 
 def assert_matches_functional(layer, x, s):
     """forward + backward(Identity) of ``layer`` equal the functional API's results bitwise."""
-    w, b = params(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
     y = F.conv2d(x, w, b, layer.stride, layer.zero_padding)
     want = layer.activator.forward(y)
@@ -82,7 +62,7 @@ def assert_matches_functional(layer, x, s):
     np.testing.assert_array_equal(layer.output_array, want)
     layer.backward(x, s, IdentityActivator())
     gx, gw, gb = F.conv2d_backward(s, x, w, layer.stride, layer.zero_padding)
-    got_gw, got_gb = grads(layer)
+    got_gw, got_gb = layer_grads(layer)
     np.testing.assert_array_equal(layer.delta_array, gx)
     np.testing.assert_array_equal(got_gw, gw)
     np.testing.assert_array_equal(got_gb, gb)
@@ -93,7 +73,7 @@ def assert_matches_functional(layer, x, s):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 @pytest.mark.parametrize("n", [None, 3], ids=["sample", "batch3"])
 def test_layer_equals_functional_bitwise(shape, n):
-    layer = random_layer(shape, act=ReluActivator())
+    layer = random_conv_layer(*shape, act=ReluActivator())
     x, s = sample(layer, n)
     for _ in range(2):  # the second round runs on the cached geometry
         assert_matches_functional(layer, x, s)
@@ -101,16 +81,16 @@ def test_layer_equals_functional_bitwise(shape, n):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_layer_equals_naive_oracle(shape):
-    layer = random_layer(shape)
+    layer = random_conv_layer(*shape)
     x, s = sample(layer, 2)
-    w, b = params(layer)
+    w, b = layer_params(layer)
     pad = layer.zero_padding
     for _ in range(2):
         layer.forward(x)
         oracle.assert_close(layer.output_array, oracle.conv2d(x, w, b, layer.stride, pad))
         layer.backward(x, s, IdentityActivator())
         gx, gw, gb = oracle.conv2d_backward(s, x, w, layer.stride, pad)
-        got_gw, got_gb = grads(layer)
+        got_gw, got_gb = layer_grads(layer)
         oracle.assert_close(layer.delta_array, gx)
         oracle.assert_close(got_gw, gw)
         oracle.assert_close(got_gb, gb)
@@ -122,27 +102,27 @@ def test_layer_equals_naive_oracle(shape):
 @pytest.mark.parametrize("algorithm", ["gemm", "direct", "winograd"])
 def test_every_algorithm_on_the_cached_geometry(algorithm):
     # The algorithm is chosen per call (it may be forced at any time), not cached with the geometry.
-    layer = random_layer((9, 9, 3, 3, 3, 4, 1, 1), act=TanhActivator())
+    layer = random_conv_layer(9, 9, 3, 3, 3, 4, 1, 1, act=TanhActivator())
     x, s = sample(layer)
     assert_matches_functional(layer, x, s)  # geometry cached under 'auto'
     with force_conv_algorithm(algorithm):
         assert_matches_functional(layer, x, s)
-        w, _ = params(layer)
+        w, _ = layer_params(layer)
         layer.backward(x, s, IdentityActivator())
         oracle.assert_close(layer.delta_array, oracle.conv2d_backward(s, x, w, 1, 1)[0])
 
 
 def test_bp_methods_on_the_cached_geometry():
-    layer = random_layer((7, 6, 2, 3, 2, 3, 1, 2))
+    layer = random_conv_layer(7, 6, 2, 3, 2, 3, 1, 2)
     xb, sb = sample(layer, 4)
-    w, _ = params(layer)
+    w, _ = layer_params(layer)
     for x, s in ((xb, sb), (xb[2], sb[2]), (xb, sb)):
         layer.forward(x)
         layer.bp_sensitivity_map(s, IdentityActivator())
         gx, gw, gb = F.conv2d_backward(s, x, w, 2, 1)
         np.testing.assert_array_equal(layer.delta_array, gx)
         layer.bp_gradient(s)
-        got_gw, got_gb = grads(layer)
+        got_gw, got_gb = layer_grads(layer)
         np.testing.assert_array_equal(got_gw, gw)
         np.testing.assert_array_equal(got_gb, gb)
 
@@ -150,7 +130,7 @@ def test_bp_methods_on_the_cached_geometry():
 # --------------------------------------------------------------------------- filters change
 
 def test_filter_changes_after_the_geometry_is_cached():
-    layer = random_layer((6, 5, 2, 3, 3, 3, 1, 1))
+    layer = random_conv_layer(6, 5, 2, 3, 3, 3, 1, 1)
     x, s = sample(layer)
     assert_matches_functional(layer, x, s)
     f = layer.filters[1]
@@ -176,11 +156,11 @@ def test_filter_changes_after_the_geometry_is_cached():
 
 def test_gradient_check_nudges_reach_the_cached_layer():
     # learn_dl's gradient_check: nudge one weight in place, forward, read the output, undo.
-    layer = random_layer((6, 6, 2, 3, 3, 2, 1, 2))
+    layer = random_conv_layer(6, 6, 2, 3, 3, 2, 1, 2)
     x, s = sample(layer, seed=3)
     layer.forward(x)
     layer.backward(x, s, IdentityActivator())
-    want, _ = grads(layer)
+    want, _ = layer_grads(layer)
     eps = 1e-6
     for k, f in enumerate(layer.filters):
         for idx in np.ndindex(f.weights.shape):
@@ -197,7 +177,7 @@ def test_gradient_check_nudges_reach_the_cached_layer():
 # --------------------------------------------------------------------------- inputs change
 
 def test_input_shape_changes_between_calls():
-    layer = random_layer((7, 6, 2, 3, 2, 3, 1, 2), act=ReluActivator())
+    layer = random_conv_layer(7, 6, 2, 3, 2, 3, 1, 2, act=ReluActivator())
     rng = np.random.default_rng(4)
     for n in (None, 2, 5, None, 1, 5):
         x, s = sample(layer, n, seed=int(rng.integers(100)))
@@ -214,7 +194,7 @@ def test_input_shape_changes_between_calls():
 
 
 def test_bad_samples_raise_as_before_once_cached():
-    layer = random_layer((5, 5, 3, 3, 3, 2, 1, 2))
+    layer = random_conv_layer(5, 5, 3, 3, 3, 2, 1, 2)
     x, s = sample(layer)
     layer.forward(x)
     layer.backward(x, s, IdentityActivator())  # geometry cached for (1, 3, 5, 5)
@@ -248,7 +228,7 @@ def test_bad_samples_raise_as_before_once_cached():
 
 
 def test_inputs_that_need_converting():
-    layer = random_layer((6, 5, 2, 3, 3, 3, 1, 1), act=ReluActivator())
+    layer = random_conv_layer(6, 5, 2, 3, 3, 3, 1, 1, act=ReluActivator())
     x, s = sample(layer)
     layer.forward(x)
     want_y = layer.output_array.copy()
@@ -267,7 +247,7 @@ def test_inputs_that_need_converting():
         np.testing.assert_array_equal(layer.delta_array, want_d)
     xi = np.arange(2 * 5 * 6).reshape(2, 5, 6) % 5    # integers: computed in float64
     layer.forward(xi)
-    w, b = params(layer)
+    w, b = layer_params(layer)
     np.testing.assert_array_equal(layer.output_array, np.maximum(F.conv2d(xi.astype(float), w, b, 1, 1), 0))
     x32 = x.astype(np.float32)                          # float32: computed in float64, as learn_dl
     layer.forward(x32)
@@ -285,7 +265,7 @@ def test_geometry_validated_once_per_input_shape(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(layers, "check_conv2d", counting)
-    layer = random_layer((28, 28, 1, 5, 5, 6, 0, 1), act=ReluActivator())
+    layer = random_conv_layer(28, 28, 1, 5, 5, 6, 0, 1, act=ReluActivator())
     x, s = sample(layer)
     for _ in range(3):
         layer.forward(x)
@@ -324,11 +304,11 @@ def _conv_results(shapes):
         y = F.conv2d(x, w, b, stride, pad)
         out.append(y)
         out.extend(F.conv2d_backward(y, x, w, stride, pad))
-    layer = random_layer((28, 28, 1, 5, 5, 6, 0, 1), act=ReluActivator())
+    layer = random_conv_layer(28, 28, 1, 5, 5, 6, 0, 1, act=ReluActivator())
     xs, ss = sample(layer)
     layer.forward(xs)
     layer.backward(xs, ss, IdentityActivator())
-    out += [layer.output_array, layer.delta_array, *grads(layer)]
+    out += [layer.output_array, layer.delta_array, *layer_grads(layer)]
     return out
 
 
@@ -343,15 +323,8 @@ THREAD_SHAPES = [(1, 1, 28, 6, 5, 1, 0), (2, 3, 11, 4, 3, 2, 1), (4, 8, 24, 8, 3
 @pytest.mark.parametrize("min_work", [_config._MIN_PARALLEL_WORK, 0], ids=["default", "always-parallel"])
 def test_results_do_not_depend_on_threads(monkeypatch, algorithm, min_work):
     monkeypatch.setitem(_config._state, "min_parallel_work", min_work)
-    results = {}
     with force_conv_algorithm(algorithm):
-        for n in (1, 2, 3):
-            cnnext.set_num_threads(n)
-            results[n] = _conv_results(THREAD_SHAPES)
-    for n in (2, 3):
-        for got, want in zip(results[n], results[1]):
-            assert got.dtype == want.dtype
-            np.testing.assert_array_equal(got, want)
+        same_at_thread_counts(lambda: _conv_results(THREAD_SHAPES), (1, 2, 3))
 
 
 @pytest.mark.usefixtures("restore_config")

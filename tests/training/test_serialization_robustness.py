@@ -1,6 +1,6 @@
 """Model files are written atomically and read defensively (issue 6, item 6).
 
-Complements tests/test_serialization.py (round trips, hand-written bad contents) with:
+Complements tests/training/test_serialization.py (round trips, hand-written bad contents) with:
 - interrupted saves: the writer fails half-way (an exception, or the process dying outright) and the
   previous good file is intact; no temporary file is left behind after an exception;
 - concurrent saves and loads of one path: a reader only ever sees a complete model;
@@ -27,8 +27,7 @@ import pytest
 
 import cnnext
 from cnnext import nn
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import child_env
 
 
 def _model(seed=0):
@@ -113,12 +112,9 @@ def test_process_killed_mid_save_leaves_the_previous_file_intact(tmp_path):
         np.savez_compressed = die_half_way
         cnnext.save(nn.Sequential(nn.Linear(5, 5, rng=1)), {str(path)!r})
     """)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
-                                         env.get("PYTHONPATH", "")])
     # cwd: "python -c" puts the working directory first on sys.path; the repository root would
     # shadow the installed cnnext with the uncompiled source tree
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr.decode()
     assert path.read_bytes() == before

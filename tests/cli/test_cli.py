@@ -12,10 +12,10 @@ import pytest
 
 import cnnext
 from cnnext.datasets import load_digits
+from helpers import child_env
 
 # Run the same cnnext the tests import (installed or built in place).
-_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__))),
-            PYTHONIOENCODING="utf-8")
+_ENV = child_env(PYTHONIOENCODING="utf-8")
 
 
 def run(*args, cwd=None, timeout=240, python_args=()):

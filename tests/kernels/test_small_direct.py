@@ -43,6 +43,9 @@ CASES = {
 def small_kernels(monkeypatch):
     """Force the small kernels even on CPUs without AVX2 (they then run the baseline build)."""
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_DIRECT", True)
+    _conv_dispatch._auto_algorithm.cache_clear()  # its cached choices depend on _NATIVE_DIRECT
+    yield
+    _conv_dispatch._auto_algorithm.cache_clear()
 
 
 def _inputs(case, dtype):

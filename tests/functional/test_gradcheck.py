@@ -3,36 +3,14 @@
 The loss is L = sum(f(x) * r) for a fixed random r, so dL/d(output) = r is what the backward functions
 receive; each partial derivative of L is then estimated as (L(x + eps) - L(x - eps)) / (2 eps).
 """
-import zlib
-
 import numpy as np
 import pytest
 
 import cnnext.functional as F
+from helpers import numerical_gradient, rng_for
 from naive_oracle import CONV_CASES
 
-EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-7
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def numerical_gradient(loss, a, eps=EPS):
-    """d loss / d a by central differences, perturbing one element of ``a`` in place at a time."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)  # views: a must be contiguous
-    assert np.shares_memory(flat, a)
-    for i in range(flat.size):
-        saved = flat[i]
-        flat[i] = saved + eps
-        plus = loss()
-        flat[i] = saved - eps
-        minus = loss()
-        flat[i] = saved
-        gflat[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 def check(analytic, numeric):
@@ -70,7 +48,7 @@ def test_conv2d_gradcheck(case_id):
 
 
 def distinct_values(rng, shape):
-    """Values without ties (a scaled permutation, gaps of 0.1 >> EPS): max pooling is differentiable."""
+    """Values without ties (a scaled permutation, gaps of 0.1 >> the 1e-6 step): max pooling is differentiable."""
     return (rng.permutation(int(np.prod(shape))).reshape(shape) - 10.0) * 0.1
 
 

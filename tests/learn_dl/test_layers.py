@@ -1,13 +1,14 @@
 """cnnext's learn_dl layers beyond the tutorial's numbers: the fixed learn_dl bugs, batches, Filter views,
 the helpers and argument validation.
 
-Expected values come from a naive loop oracle written here (plain Python loops over the definitions,
-no code shared with cnnext), from hand computations written as literals, or from PyTorch.
+Expected values come from the naive float64 oracle (tests/naive_oracle.py, no code shared with
+cnnext), from hand computations written as literals, or from PyTorch.
 """
 import numpy as np
 import pytest
 
 import cnnext
+import naive_oracle as oracle
 from cnnext import (
     ConvLayer,
     Filter,
@@ -22,92 +23,21 @@ from cnnext import (
     get_patch,
     padding,
 )
-
-# --------------------------------------------------------------------------- naive oracle
-
-
-def naive_conv(x, w, b, stride, pad):
-    """x (C, H, W), w (K, C, KH, KW), b (K,) -> (K, Ho, Wo): cross-correlation with zero padding."""
-    C, H, W = x.shape
-    K, _, KH, KW = w.shape
-    xp = np.zeros((C, H + 2 * pad, W + 2 * pad))
-    xp[:, pad:pad + H, pad:pad + W] = x
-    Ho = (H + 2 * pad - KH) // stride + 1
-    Wo = (W + 2 * pad - KW) // stride + 1
-    y = np.zeros((K, Ho, Wo))
-    for k in range(K):
-        for i in range(Ho):
-            for j in range(Wo):
-                acc = b[k]
-                for c in range(C):
-                    for u in range(KH):
-                        for v in range(KW):
-                            acc += xp[c, i * stride + u, j * stride + v] * w[k, c, u, v]
-                y[k, i, j] = acc
-    return y
+from helpers import layer_grads, layer_params, random_conv_layer
 
 
-def naive_conv_grads(x, w, s, stride, pad):
-    """Gradients of sum(s * naive_conv(x, w, b)) w.r.t. x, w and b, by scattering each term."""
-    C, H, W = x.shape
-    K, _, KH, KW = w.shape
-    xp = np.zeros((C, H + 2 * pad, W + 2 * pad))
-    xp[:, pad:pad + H, pad:pad + W] = x
-    gxp = np.zeros_like(xp)
-    gw = np.zeros_like(w, dtype=float)
-    _, Ho, Wo = s.shape
-    for k in range(K):
-        for i in range(Ho):
-            for j in range(Wo):
-                for c in range(C):
-                    for u in range(KH):
-                        for v in range(KW):
-                            gxp[c, i * stride + u, j * stride + v] += s[k, i, j] * w[k, c, u, v]
-                            gw[k, c, u, v] += s[k, i, j] * xp[c, i * stride + u, j * stride + v]
-    gb = s.sum(axis=(1, 2))
-    return gxp[:, pad:pad + H, pad:pad + W], gw, gb
-
-
-def naive_maxpool(x, fh, fw, stride):
-    """Forward and backward-routing of max pooling: (y, argmax positions), first maximum wins."""
-    C, H, W = x.shape
-    Ho, Wo = (H - fh) // stride + 1, (W - fw) // stride + 1
-    y = np.zeros((C, Ho, Wo))
-    pos = {}
-    for c in range(C):
-        for i in range(Ho):
-            for j in range(Wo):
-                best = None
-                for u in range(fh):
-                    for v in range(fw):
-                        val = x[c, i * stride + u, j * stride + v]
-                        if best is None or val > best:
-                            best, pos[c, i, j] = val, (i * stride + u, j * stride + v)
-                y[c, i, j] = best
-    return y, pos
-
-
-def naive_maxpool_backward(x, s, fh, fw, stride):
-    _, pos = naive_maxpool(x, fh, fw, stride)
-    d = np.zeros(x.shape)
-    for (c, i, j), (p, q) in pos.items():
-        d[c, p, q] += s[c, i, j]
-    return d
-
-
-def make_layer(iw, ih, c, fw, fh, k, zp, stride, act=None, lr=0.1, seed=0):
-    rng = np.random.default_rng(seed)
-    layer = ConvLayer(iw, ih, c, fw, fh, k, zp, stride, act or IdentityActivator(), lr)
-    for f in layer.filters:
-        f.weights = rng.standard_normal((c, fh, fw))
-        f.bias = rng.standard_normal()
-    return layer
-
-
-def layer_arrays(layer):
-    w = np.stack([f.weights for f in layer.filters])
-    b = np.array([f.bias for f in layer.filters])
-    return w, b
+def assert_forward_backward_match_oracle(layer, x, s):
+    """forward(x), then backward(x, s) with an identity activator before the layer, against the oracle."""
+    w, b = layer_params(layer)
+    stride, zp = layer.stride, layer.zero_padding
+    layer.forward(x)
+    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, stride, zp), rtol=1e-12, atol=1e-12)
+    layer.backward(x, s, IdentityActivator())
+    gx, gw, gb = oracle.conv2d_backward(s, x, w, stride, zp)
+    got_gw, got_gb = layer_grads(layer)
+    np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_gw, gw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_gb, gb, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- fixed learn_dl bugs
@@ -119,34 +49,21 @@ def layer_arrays(layer):
 ])
 def test_non_square_filters_backward(iw, ih, c, fw, fh, k, zp, stride):
     """learn_dl's bp_sensitivity_map used the filter width for both axes (wrong for fw != fh)."""
-    layer = make_layer(iw, ih, c, fw, fh, k, zp, stride)
+    layer = random_conv_layer(iw, ih, c, fw, fh, k, zp, stride)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((c, ih, iw))
     s = rng.standard_normal((k, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
-    layer.forward(x)
-    np.testing.assert_allclose(layer.output_array, naive_conv(x, w, b, stride, zp), rtol=1e-12, atol=1e-12)
-    layer.backward(x, s, IdentityActivator())
-    gx, gw, gb = naive_conv_grads(x, w, s, stride, zp)
-    np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.stack([f.weights_grad for f in layer.filters]), gw, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose([f.bias_grad for f in layer.filters], gb, rtol=1e-12, atol=1e-12)
+    assert_forward_backward_match_oracle(layer, x, s)
 
 
 @pytest.mark.parametrize("zp, fw, fh, stride", [(2, 2, 2, 1), (3, 2, 2, 1), (4, 3, 2, 2), (5, 1, 1, 2)])
 def test_zero_padding_larger_than_filter_minus_one(zp, fw, fh, stride):
     """learn_dl padded the sensitivity map by filter - 1 - zero_padding (< 0 crashed)."""
-    layer = make_layer(4, 3, 2, fw, fh, 2, zp, stride)
+    layer = random_conv_layer(4, 3, 2, fw, fh, 2, zp, stride)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4))
     s = rng.standard_normal((2, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
-    layer.forward(x)
-    np.testing.assert_allclose(layer.output_array, naive_conv(x, w, b, stride, zp), rtol=1e-12, atol=1e-12)
-    layer.backward(x, s, IdentityActivator())
-    gx, gw, gb = naive_conv_grads(x, w, s, stride, zp)
-    np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.stack([f.weights_grad for f in layer.filters]), gw, rtol=1e-12, atol=1e-12)
+    assert_forward_backward_match_oracle(layer, x, s)
 
 
 def test_max_pool_overlapping_windows_accumulate_hand_computed():
@@ -165,21 +82,21 @@ def test_max_pool_overlapping_windows_vs_oracle(iw, ih, fw, fh, stride):
     x = rng.integers(0, 4, (2, ih, iw)).astype(float)  # many ties: first maximum must win
     pool = MaxPoolingLayer(iw, ih, 2, fw, fh, stride)
     pool.forward(x)
-    y, _ = naive_maxpool(x, fh, fw, stride)
+    y, idx = oracle.max_pool2d(x, (fh, fw), stride)
     np.testing.assert_array_equal(pool.output_array, y)
     s = rng.standard_normal(y.shape)
     pool.backward(x, s)
-    np.testing.assert_allclose(pool.delta_array, naive_maxpool_backward(x, s, fh, fw, stride), rtol=1e-14)
+    np.testing.assert_allclose(pool.delta_array, oracle.max_pool2d_backward(s, idx, x.shape), rtol=1e-14)
 
 
 def test_against_torch():
     torch = pytest.importorskip("torch")
-    layer = make_layer(9, 7, 3, 4, 2, 5, 3, 2)
+    layer = random_conv_layer(9, 7, 3, 4, 2, 5, 3, 2)
     pool = MaxPoolingLayer(9, 7, 3, 3, 2, 1)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 7, 9))
     s = rng.standard_normal((5, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
     layer.backward(x, s, IdentityActivator())
     xt = torch.tensor(x[None], requires_grad=True)
@@ -206,15 +123,15 @@ def test_against_torch():
 # --------------------------------------------------------------------------- activators in layers
 
 def test_forward_applies_own_activator_backward_applies_previous_one():
-    layer = make_layer(5, 4, 2, 3, 3, 2, 1, 1, act=ReluActivator())
+    layer = random_conv_layer(5, 4, 2, 3, 3, 2, 1, 1, act=ReluActivator())
     rng = np.random.default_rng(5)
     x = SigmoidActivator().forward(rng.standard_normal((2, 4, 5)))   # previous layer: sigmoid
     s = rng.standard_normal((2, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
-    np.testing.assert_allclose(layer.output_array, np.maximum(naive_conv(x, w, b, 1, 1), 0), rtol=1e-12)
+    np.testing.assert_allclose(layer.output_array, np.maximum(oracle.conv2d(x, w, b, 1, 1), 0), rtol=1e-12)
     layer.backward(x, s, SigmoidActivator())
-    gx, _, _ = naive_conv_grads(x, w, s, 1, 1)
+    gx, _, _ = oracle.conv2d_backward(s, x, w, 1, 1)
     np.testing.assert_allclose(layer.delta_array, gx * x * (1 - x), rtol=1e-12, atol=1e-14)
 
 
@@ -232,8 +149,8 @@ def test_scalar_only_activator_falls_back_to_per_element():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 5, 5))
     s = rng.standard_normal((3, 5, 5))
-    ours = make_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ReluActivator())
-    theirs = make_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ScalarOnlyRelu())
+    ours = random_conv_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ReluActivator())
+    theirs = random_conv_layer(5, 5, 2, 3, 3, 3, 1, 1, act=ScalarOnlyRelu())
     ours.forward(x)
     theirs.forward(x)
     np.testing.assert_array_equal(theirs.output_array, ours.output_array)
@@ -249,7 +166,7 @@ def test_scalar_only_activator_falls_back_to_per_element():
 @pytest.mark.parametrize("act", [IdentityActivator(), ReluActivator(), TanhActivator()], ids=repr)
 def test_conv_batch_equals_per_sample(act):
     n = 4
-    layer = make_layer(6, 5, 2, 3, 2, 3, 1, 2, act=act)
+    layer = random_conv_layer(6, 5, 2, 3, 2, 3, 1, 2, act=act)
     rng = np.random.default_rng(7)
     xb = TanhActivator().forward(rng.standard_normal((n, 2, 5, 6)))
     sb = rng.standard_normal((n, 3, layer.output_height, layer.output_width))
@@ -282,13 +199,13 @@ def test_pool_batch_equals_per_sample():
     pool.backward(xb, sb)
     db = pool.delta_array.copy()
     for i in range(3):
-        y, _ = naive_maxpool(xb[i], 3, 3, 1)
+        y, idx = oracle.max_pool2d(xb[i], 3, 1)
         np.testing.assert_array_equal(yb[i], y)
-        np.testing.assert_allclose(db[i], naive_maxpool_backward(xb[i], sb[i], 3, 3, 1), rtol=1e-14)
+        np.testing.assert_allclose(db[i], oracle.max_pool2d_backward(sb[i], idx, xb[i].shape), rtol=1e-14)
 
 
 def test_empty_batch():
-    layer = make_layer(5, 5, 2, 3, 3, 2, 1, 1)
+    layer = random_conv_layer(5, 5, 2, 3, 3, 2, 1, 1)
     layer.forward(np.zeros((0, 2, 5, 5)))
     assert layer.output_array.shape == (0, 2, 5, 5)
     layer.backward(np.zeros((0, 2, 5, 5)), np.zeros((0, 2, 5, 5)), IdentityActivator())
@@ -299,12 +216,12 @@ def test_empty_batch():
 # --------------------------------------------------------------------------- bp_* and update
 
 def test_bp_sensitivity_map_and_bp_gradient_split_backward():
-    layer = make_layer(6, 6, 2, 3, 3, 2, 1, 2)
+    layer = random_conv_layer(6, 6, 2, 3, 3, 2, 1, 2)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 6, 6))
     s = rng.standard_normal((2, 3, 3))
-    w, b = layer_arrays(layer)
-    gx, gw, gb = naive_conv_grads(x, w, s, 2, 1)
+    w, b = layer_params(layer)
+    gx, gw, gb = oracle.conv2d_backward(s, x, w, 2, 1)
     layer.forward(x)
     layer.bp_sensitivity_map(s, IdentityActivator())
     np.testing.assert_allclose(layer.delta_array, gx, rtol=1e-12, atol=1e-12)
@@ -315,7 +232,7 @@ def test_bp_sensitivity_map_and_bp_gradient_split_backward():
 
 
 def test_bp_before_forward_raises():
-    layer = make_layer(4, 4, 1, 2, 2, 1, 0, 1)
+    layer = random_conv_layer(4, 4, 1, 2, 2, 1, 0, 1)
     with pytest.raises(RuntimeError, match="forward"):
         layer.bp_gradient(np.zeros((1, 3, 3)))
     with pytest.raises(RuntimeError, match="forward"):
@@ -323,14 +240,14 @@ def test_bp_before_forward_raises():
 
 
 def test_update_is_sgd_on_every_filter():
-    layer = make_layer(5, 5, 2, 3, 3, 3, 0, 1, lr=0.05)
+    layer = random_conv_layer(5, 5, 2, 3, 3, 3, 0, 1, lr=0.05)
     rng = np.random.default_rng(10)
     x, s = rng.standard_normal((2, 5, 5)), rng.standard_normal((3, 3, 3))
-    w0, b0 = layer_arrays(layer)
+    w0, b0 = layer_params(layer)
     layer.backward(x, s, IdentityActivator())
-    _, gw, gb = naive_conv_grads(x, w0, s, 1, 0)
+    _, gw, gb = oracle.conv2d_backward(s, x, w0, 1, 0)
     layer.update()
-    w1, b1 = layer_arrays(layer)
+    w1, b1 = layer_params(layer)
     np.testing.assert_allclose(w1, w0 - 0.05 * gw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(b1, b0 - 0.05 * gb, rtol=1e-12, atol=1e-12)
 
@@ -351,16 +268,16 @@ def test_padded_input_array():
 
 
 def test_non_contiguous_and_readonly_inputs():
-    layer = make_layer(5, 4, 2, 3, 3, 2, 1, 1)
+    layer = random_conv_layer(5, 4, 2, 3, 3, 2, 1, 1)
     rng = np.random.default_rng(11)
     x = np.asfortranarray(rng.standard_normal((2, 4, 5)))
     x.flags.writeable = False
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
-    np.testing.assert_allclose(layer.output_array, naive_conv(np.array(x), w, b, 1, 1), rtol=1e-12)
+    np.testing.assert_allclose(layer.output_array, oracle.conv2d(np.array(x), w, b, 1, 1), rtol=1e-12)
     big = rng.standard_normal((2, 8, 10))[:, ::-2, ::2]
     layer.forward(big)
-    np.testing.assert_allclose(layer.output_array, naive_conv(np.array(big), w, b, 1, 1), rtol=1e-12)
+    np.testing.assert_allclose(layer.output_array, oracle.conv2d(np.array(big), w, b, 1, 1), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- Filter

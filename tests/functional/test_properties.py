@@ -12,7 +12,7 @@ keeps the normal run short. For a long run set ``CNNEXT_HYPOTHESIS_PROFILE=long`
 per property) or ``CNNEXT_HYPOTHESIS_EXAMPLES=<n>`` (any count; it wins over the profile);
 ``CNNEXT_HYPOTHESIS_PROFILE=dev`` is a quick look (50 examples, no shrinking). For example::
 
-    CNNEXT_HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py
+    CNNEXT_HYPOTHESIS_PROFILE=long python -m pytest tests/functional/test_properties.py
 """
 import math
 import os

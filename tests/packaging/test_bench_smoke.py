@@ -1,40 +1,26 @@
 """Smoke test of benchmarks/bench.py: it runs and prints its tables. Never asserts any timing.
 
-The script runs in a subprocess with this interpreter and this environment, so it imports the same
-cnnext the tests do: the installed package (CI), or the in-place build when the developer's
-PYTHONPATH points at the checkout.
+The script runs in a subprocess with this interpreter and helpers.child_env(), so it imports the
+same cnnext the tests do: the installed package (CI) or the in-place build.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-import cnnext
+from helpers import child_env
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 ARGS = ["--quick", "--no-learn-dl", "--shapes", "lenet2", "--sections", "conv,pool", "--threads", "1",
         "--dtype", "float32", "--reps", "1"]
-
-
-def _env():
-    env = dict(os.environ)
-    # If this process imported cnnext from a directory the child would not search (``python -m pytest``
-    # from the checkout puts the working directory on sys.path, a script run does not), point the child
-    # at that same directory so both test the same build. An installed cnnext needs nothing.
-    where = str(Path(cnnext.__file__).resolve().parent.parent)
-    paths = env.get("PYTHONPATH", "").split(os.pathsep)
-    if "site-packages" not in where and "dist-packages" not in where and where not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([where, *[p for p in paths if p]])
-    return env
 
 
 def _run(*extra):
     if not BENCH.is_file():
         pytest.skip(f"{BENCH} not found (the benchmark script is not part of this tree)")
     proc = subprocess.run([sys.executable, str(BENCH), *ARGS, *extra], capture_output=True, text=True,
-                          env=_env(), timeout=120)
+                          env=child_env(), timeout=120)
     assert proc.returncode == 0, f"bench.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -65,6 +51,6 @@ def test_bench_unknown_shape_is_a_clear_error():
     if not BENCH.is_file():
         pytest.skip(f"{BENCH} not found")
     proc = subprocess.run([sys.executable, str(BENCH), "--shapes", "lenet2,nosuchshape"],
-                          capture_output=True, text=True, env=_env(), timeout=60)
+                          capture_output=True, text=True, env=child_env(), timeout=60)
     assert proc.returncode == 2
     assert "nosuchshape" in proc.stderr

@@ -1,55 +1,28 @@
 """cnnext.functional max_pool2d / avg_pool2d and their backward functions against the naive oracle."""
-import zlib
-
 import numpy as np
 import pytest
 
-import cnnext
 import cnnext.functional as F
+import helpers
 import naive_oracle as oracle
+from helpers import result_dtype, rng_for, same_at_thread_counts, with_layout
 from naive_oracle import AVG_POOL_CASES, MAX_POOL_CASES, assert_close
 
 DTYPES = [np.float32, np.float64, np.int64]
 LAYOUTS = ["C", "F", "slice", "negative", "readonly"]
 
 
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def make_data(rng, shape, dtype):
-    if np.dtype(dtype).kind in "iu":
-        # few distinct values: many ties, so the first-maximum rule is exercised
-        return rng.integers(-2, 3, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
+    # few distinct integers: many ties, so the first-maximum rule is exercised
+    return helpers.make_data(rng, shape, dtype, int_low=-2, int_high=3)
 
 
-def result_dtype(dtype):
-    return np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
-
-
-def with_layout(a, layout):
-    a = np.asarray(a)
-    if layout == "C":
-        out = np.ascontiguousarray(a)
-    elif layout == "F":
-        out = np.asfortranarray(a)
-        assert out.flags.f_contiguous and not out.flags.c_contiguous
-    elif layout == "slice":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
-        big[..., ::2] = a
-        out = big[..., ::2]
-        assert not out.flags.c_contiguous
-    elif layout == "negative":
-        out = np.flip(np.ascontiguousarray(np.flip(a, axis=-2)), axis=-2)  # x[:, :, ::-1]
-        assert out.strides[-2] < 0
-    elif layout == "readonly":
-        out = a.copy()
-        out.setflags(write=False)
-    else:
-        raise AssertionError(layout)
-    np.testing.assert_array_equal(out, a)
-    return out
+def every_case_and_dtype(cases):
+    """Parametrize a test over every case id of ``cases`` and every dtype of DTYPES."""
+    def mark(test):
+        test = pytest.mark.parametrize("case_id", list(cases))(test)
+        return pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)(test)
+    return mark
 
 
 def max_args(case_id):
@@ -75,8 +48,7 @@ def assert_max_equal(y, idx, x, kw):
 # ---------------------------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(MAX_POOL_CASES))
+@every_case_and_dtype(MAX_POOL_CASES)
 def test_max_pool2d_matches_oracle(case_id, dtype):
     shape, kw = max_args(case_id)
     x = make_data(rng_for(case_id, np.dtype(dtype).name), shape, dtype)
@@ -88,8 +60,7 @@ def test_max_pool2d_matches_oracle(case_id, dtype):
     np.testing.assert_array_equal(y_only, y)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(MAX_POOL_CASES))
+@every_case_and_dtype(MAX_POOL_CASES)
 def test_max_pool2d_backward_matches_oracle(case_id, dtype):
     shape, kw = max_args(case_id)
     x = make_data(rng_for(case_id, np.dtype(dtype).name), shape, dtype)
@@ -228,28 +199,10 @@ def test_max_pool2d_empty_batch(case_id, dtype):
     assert gx.shape == x.shape and gx.dtype == np.dtype(dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", ["2x2s2_fastpath", "3x3s2_overlap", "dilation_ceil_asym"])
-def test_max_pool2d_thread_counts_bitwise_identical(case_id, dtype, restore_config):
-    shape, kw = max_args(case_id)
-    shape = (3,) + shape[1:]
-    x = make_data(rng_for(case_id, "threads"), shape, dtype)
-    results = {}
-    for n in (1, 2):
-        cnnext.set_num_threads(n)
-        y, idx = F.max_pool2d(x, return_indices=True, **kw)
-        gy = make_data(rng_for(case_id, "gy-threads"), y.shape, dtype)
-        results[n] = (y, idx, F.max_pool2d_backward(gy, idx, x.shape))
-    for a, b in zip(results[1], results[2]):
-        assert np.array_equal(a, b)
-    assert_max_equal(results[2][0], results[2][1], x, kw)
-
-
 # ---------------------------------------------------------------------------------------------
 # average pooling
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(AVG_POOL_CASES))
+@every_case_and_dtype(AVG_POOL_CASES)
 def test_avg_pool2d_matches_oracle(case_id, dtype):
     shape, kw = avg_args(case_id)
     x = make_data(rng_for(case_id, np.dtype(dtype).name), shape, dtype)
@@ -258,8 +211,7 @@ def test_avg_pool2d_matches_oracle(case_id, dtype):
     assert_close(y, oracle.avg_pool2d(x, **kw))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", list(AVG_POOL_CASES))
+@every_case_and_dtype(AVG_POOL_CASES)
 def test_avg_pool2d_backward_matches_oracle(case_id, dtype):
     shape, kw = avg_args(case_id)
     ey = oracle.avg_pool2d(np.zeros(shape), **kw)
@@ -319,18 +271,27 @@ def test_avg_pool2d_empty_batch(case_id, dtype):
     assert gx.shape == x.shape and gx.dtype == np.dtype(dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# both
+# ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case_id", ["2x2s2", "3x3s2_pad1_ceil_nocount", "nonsquare_ceil"])
-def test_avg_pool2d_thread_counts_bitwise_identical(case_id, dtype, restore_config):
-    shape, kw = avg_args(case_id)
-    shape = (3,) + shape[1:]
-    x = make_data(rng_for(case_id, "threads"), shape, dtype)
-    results = {}
-    for n in (1, 2):
-        cnnext.set_num_threads(n)
+@pytest.mark.parametrize("op, case_id", [("max", c) for c in ("2x2s2_fastpath", "3x3s2_overlap", "dilation_ceil_asym")]
+                         + [("avg", c) for c in ("2x2s2", "3x3s2_pad1_ceil_nocount", "nonsquare_ceil")])
+def test_pool2d_thread_counts_bitwise_identical(op, case_id, dtype, restore_config):
+    """Forward (and max pooling's indices) and backward are bitwise the same on 1 and 2 threads."""
+    shape, kw = (max_args if op == "max" else avg_args)(case_id)
+    x = make_data(rng_for(case_id, "threads"), (3,) + shape[1:], dtype)
+
+    def run():
+        if op == "max":
+            y, idx = F.max_pool2d(x, return_indices=True, **kw)
+            gy = make_data(rng_for(case_id, "gy-threads"), y.shape, dtype)
+            return y, idx, F.max_pool2d_backward(gy, idx, x.shape)
         y = F.avg_pool2d(x, **kw)
         gy = make_data(rng_for(case_id, "gy-threads"), y.shape, dtype)
-        results[n] = (y, F.avg_pool2d_backward(gy, shape, **kw))
-    for a, b in zip(results[1], results[2]):
-        assert np.array_equal(a, b)
-    assert_close(results[2][0], oracle.avg_pool2d(x, **kw))
+        return y, F.avg_pool2d_backward(gy, x.shape, **kw)
+    y, *rest = same_at_thread_counts(run)
+    if op == "max":
+        assert_max_equal(y, rest[0], x, kw)
+    else:
+        assert_close(y, oracle.avg_pool2d(x, **kw))

@@ -4,7 +4,6 @@ Every expected value here is a literal from the learn_dl tutorial (issue 2) / a 
 reference script, never something cnnext computed. The helpers below are written the way a learn_dl
 user writes them (the tutorial's init_test, gradient_check, init_pool_test), with cnnext's classes.
 """
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pytest
 
 import cnnext
 from cnnext import ConvLayer, IdentityActivator, MaxPoolingLayer
+from helpers import child_env, numerical_gradient
 
 # --------------------------------------------------------------------------- learn_dl's fixtures
 
@@ -127,26 +127,16 @@ def test_gradient_check_in_place_weight_edits():
     """learn_dl's gradient_check: central differences with in-place edits of filters[0].weights."""
     a, b, cl = init_test()
     cl.forward(a)
-    sensitivity_array = np.ones(cl.output_array.shape, dtype=np.float64)
-    cl.backward(a, sensitivity_array, IdentityActivator())
+    cl.backward(a, np.ones(cl.output_array.shape, dtype=np.float64), IdentityActivator())
     np.testing.assert_array_equal(cl.filters[0].weights_grad, GRADCHECK_GRAD0)
 
-    def error_function(o):
-        return o.sum()
+    def error_function():
+        cl.forward(a)
+        return cl.output_array.sum()
 
-    epsilon = 10e-4
-    expected = np.zeros(cl.filters[0].weights_grad.shape)
-    for d in range(cl.filters[0].weights_grad.shape[0]):
-        for i in range(cl.filters[0].weights_grad.shape[1]):
-            for j in range(cl.filters[0].weights_grad.shape[2]):
-                cl.filters[0].weights[d, i, j] += epsilon
-                cl.forward(a)
-                err1 = error_function(cl.output_array)
-                cl.filters[0].weights[d, i, j] -= 2 * epsilon
-                cl.forward(a)
-                err2 = error_function(cl.output_array)
-                expected[d, i, j] = (err1 - err2) / (2 * epsilon)
-                cl.filters[0].weights[d, i, j] += epsilon
+    # learn_dl's epsilon, on filters[0].weights (a view: the edits reach the layer) element by element;
+    # test_learn_dl_user_script runs learn_dl's own loop
+    expected = numerical_gradient(error_function, cl.filters[0].weights, eps=10e-4)
     np.testing.assert_allclose(expected, GRADCHECK_GRAD0, rtol=0, atol=1e-8)
     np.testing.assert_allclose(expected, cl.filters[0].weights_grad, rtol=0, atol=1e-8)
     # the edits were undone: the weights are the seed's again
@@ -280,9 +270,7 @@ def test_learn_dl_user_script(tmp_path):
         print(json.dumps(dict(test=test(), gradient_check=gradient_check(),
                               pool=test_pool(), relu_net=relu_net())))
     '''))
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=child_env(),
                           cwd=str(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     import json

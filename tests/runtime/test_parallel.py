@@ -1,6 +1,7 @@
 """Chunk-level parallelism (cnnext/_threads.py): numpy's BLAS kept single-threaded and restored,
 chunks spread over Python threads, results bitwise identical for every thread count. BLAS's thread
 count is read through threadpoolctl's own threadpool_info, independently of cnnext's controller."""
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +16,7 @@ from threadpoolctl import threadpool_info
 from cnnext.functional import conv
 from cnnext.functional import _conv_dispatch
 import naive_oracle as oracle
+from helpers import same_at_thread_counts
 from naive_oracle import assert_close
 
 needs_control = pytest.mark.skipif(not _threads.blas_control_available(),
@@ -63,6 +65,23 @@ def winograd_pass(x, w, b, gy):
         return conv_pass(x, w, b, gy)
 
 
+@contextlib.contextmanager
+def chunk_calls(blas=True):
+    """Record (BLAS thread count if ``blas``, else None; thread name) at every call of Winograd's
+    output transform, which runs once per chunk, while the block runs."""
+    seen = []
+    real = _conv_dispatch._winograd.output_transform
+
+    def recording(*args):
+        seen.append((blas_threads() if blas else None, threading.current_thread().name))
+        return real(*args)
+    _conv_dispatch._winograd.output_transform = recording
+    try:
+        yield seen
+    finally:
+        _conv_dispatch._winograd.output_transform = real
+
+
 @pytest.fixture
 def many_chunks(monkeypatch, restore_config):
     """Chunks of one sample, so a 9-sample batch is 9 chunks for the threads to share."""
@@ -88,29 +107,20 @@ def native_gemm(monkeypatch):
 def test_chunks_over_threads_bitwise_identical_and_correct(dtype, native, monkeypatch):
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", native)
     x, w, b, gy = data(dtype=dtype)
-    results = {}
-    for n in (1, 2, 3, 4):
-        cnnext.set_num_threads(n)
-        results[n] = winograd_pass(x, w, b, gy)
-    for n in (2, 3, 4):
-        for got, want in zip(results[n], results[1]):
-            np.testing.assert_array_equal(got, want)  # grad_weight sums the chunks in order
-    assert_close(results[2][0], oracle.conv2d(x, w, b, padding=1))
-    for got, want in zip(results[2][1:], oracle.conv2d_backward(gy, x, w, padding=1)):
+    # bitwise: grad_weight sums the chunks in order
+    y, *grads = same_at_thread_counts(lambda: winograd_pass(x, w, b, gy), (1, 2, 3, 4))
+    assert_close(y, oracle.conv2d(x, w, b, padding=1))
+    for got, want in zip(grads, oracle.conv2d_backward(gy, x, w, padding=1)):
         assert_close(got, want)
 
 
 @needs_control
 @pytest.mark.usefixtures("many_chunks", "blas_gemm")
-def test_blas_is_single_threaded_inside_and_restored_after(monkeypatch):
+def test_blas_is_single_threaded_inside_and_restored_after():
     cnnext.set_num_threads(2)
     before = blas_threads()
-    seen = []
-    real = _conv_dispatch._winograd.output_transform
-    monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
-                        lambda *a: seen.append((blas_threads(), threading.current_thread().name))
-                        or real(*a))
-    winograd_pass(*data())
+    with chunk_calls() as seen:
+        winograd_pass(*data())
     assert blas_threads() == before
     assert {t for t, _ in seen} == {1}
     assert any(name.startswith("cnnext") for _, name in seen)  # the chunks ran on worker threads
@@ -128,13 +138,8 @@ def test_native_gemm_leaves_blas_alone_and_needs_no_control(monkeypatch):
     for control in ("available", "unavailable"):
         if control == "unavailable":
             monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
-        seen = []
-        real = _conv_dispatch._winograd.output_transform
-        monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
-                            lambda *a: seen.append((control == "available" and blas_threads(),
-                                                    threading.current_thread().name)) or real(*a))
-        got = winograd_pass(x, w, b, gy)
-        monkeypatch.setattr(_conv_dispatch._winograd, "output_transform", real)
+        with chunk_calls(blas=control == "available") as seen:
+            got = winograd_pass(x, w, b, gy)
         for a, c in zip(got, want):
             np.testing.assert_array_equal(a, c)
         assert any(name.startswith("cnnext") for _, name in seen)
@@ -248,14 +253,6 @@ def test_split_matmul_equals_numpy(threads):
     np.testing.assert_array_equal(out, want)
 
 
-def _blas_seen_by_output_transform(monkeypatch):
-    seen = []
-    real = _conv_dispatch._winograd.output_transform
-    monkeypatch.setattr(_conv_dispatch._winograd, "output_transform",
-                        lambda *a: seen.append(blas_threads()) or real(*a))
-    return seen
-
-
 @needs_control
 @pytest.mark.usefixtures("many_chunks", "blas_gemm", "blas_limit_restored")
 @pytest.mark.parametrize("found", [3, 1])
@@ -266,9 +263,9 @@ def test_blas_restored_to_the_count_it_had(found, monkeypatch):
     threadpoolctl.threadpool_limits(limits=found, user_api="blas")
     threadpoolctl_release()
     assert blas_threads() == found
-    seen = _blas_seen_by_output_transform(monkeypatch)
-    winograd_pass(*data())
-    assert seen and set(seen) == {1}
+    with chunk_calls() as seen:
+        winograd_pass(*data())
+    assert seen and {t for t, _ in seen} == {1}
     assert blas_threads() == found
 
 
@@ -280,12 +277,11 @@ def test_blas_controlled_from_a_thread_after_a_one_shot_limit_elsewhere(monkeypa
     thread, puts back the count, and leaves BLAS settable from the main thread afterwards."""
     cnnext.set_num_threads(2)
     threadpoolctl.threadpool_limits(limits=2, user_api="blas")  # claims OpenBLAS for this thread
-    seen = _blas_seen_by_output_transform(monkeypatch)
     x, w, b, gy = data()
-    with cnnext.force_conv_algorithm("winograd"):
+    with chunk_calls() as seen, cnnext.force_conv_algorithm("winograd"):
         with ThreadPoolExecutor(1) as pool:
             got = pool.submit(conv_pass, x, w, b, gy).result()
-    assert seen and set(seen) == {1}
+    assert seen and {t for t, _ in seen} == {1}
     assert blas_threads() == 2
     assert_close(got[0], oracle.conv2d(x, w, b, padding=1))
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")

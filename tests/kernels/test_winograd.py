@@ -5,8 +5,6 @@ so in float32 its rounding error is larger than a direct sum's (about 1e-5 of th
 magnitude at 512 channels, against 3e-7 for im2col + GEMM); it stays inside the float32 tolerance
 of naive_oracle.assert_close (rtol 1e-4, atol 1e-5 relative to the output's largest magnitude).
 """
-import zlib
-
 import numpy as np
 import pytest
 
@@ -17,6 +15,7 @@ from cnnext._validation import check_conv2d
 from cnnext.functional import _conv_dispatch
 from cnnext.functional._conv_dispatch import backward_checked
 import naive_oracle as oracle
+from helpers import rng_for, same_at_thread_counts
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -29,10 +28,6 @@ def gemm_path(request, monkeypatch):
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_TILE_GEMM", request.param == "tile_gemm")
     return request.param
 dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def make(N, C, H, W, K, dtype, key, bias=True):
@@ -150,15 +145,12 @@ def test_winograd_backward_runs_every_pass_by_winograd(monkeypatch):
 @pytest.mark.parametrize("padding", [0, 1])
 def test_winograd_thread_counts_bitwise_identical(padding, dtype, restore_config):
     x, w, b = make(5, 6, 9, 8, 7, dtype, "threads")
-    results = {}
-    for n in (1, 2, 3):
-        cnnext.set_num_threads(n)
-        y, gy, grads = run(x, w, b, padding)
-        results[n] = (y,) + grads
-    for n in (2, 3):
-        for a, c in zip(results[1], results[n]):
-            assert np.array_equal(a, c)
-    assert_close(results[2][0], oracle.conv2d(x, w, b, padding=padding))
+
+    def outputs():
+        y, _, grads = run(x, w, b, padding)
+        return (y,) + grads
+    y, *_ = same_at_thread_counts(outputs, (1, 2, 3))
+    assert_close(y, oracle.conv2d(x, w, b, padding=padding))
 
 
 @pytest.mark.parametrize("layout", ["readonly", "slice", "F"])

@@ -11,6 +11,7 @@ import pytest
 from cnnext import functional as F
 from cnnext import nn
 from cnnext.gradcheck import GradcheckError, gradcheck
+from helpers import numerical_gradient
 
 
 def rng(seed=0):
@@ -54,20 +55,6 @@ def test_gradcheck_every_module_float64(name, make, shape):
     assert gradcheck(module, x, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def _fd_loss_grad(loss_fn, x, eps=1e-6):
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        o = flat[i]
-        flat[i] = o + eps
-        lp = loss_fn(x)
-        flat[i] = o - eps
-        lm = loss_fn(x)
-        flat[i] = o
-        gflat[i] = (lp - lm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_loss_gradient_matches_finite_differences(reduction):
     r = rng(2)
@@ -76,7 +63,8 @@ def test_cross_entropy_loss_gradient_matches_finite_differences(reduction):
     crit = nn.CrossEntropyLoss(reduction=reduction)
     loss = crit(logits, target)
     g = crit.backward()
-    fd = _fd_loss_grad(lambda z: nn.CrossEntropyLoss(reduction=reduction)(z, target), logits.copy())
+    z = logits.copy()
+    fd = numerical_gradient(lambda: nn.CrossEntropyLoss(reduction=reduction)(z, target), z)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
     # closed form of the loss: -log softmax at the target
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -93,7 +81,8 @@ def test_mse_loss_value_and_gradient(reduction):
     loss = crit(out, tgt)
     sq = (out - tgt) ** 2
     assert loss == pytest.approx(sq.mean() if reduction == "mean" else sq.sum(), rel=1e-12)
-    fd = _fd_loss_grad(lambda z: nn.MSELoss(reduction=reduction)(z, tgt), out.copy())
+    z = out.copy()
+    fd = numerical_gradient(lambda: nn.MSELoss(reduction=reduction)(z, tgt), z)
     np.testing.assert_allclose(crit.backward(), fd, rtol=1e-6, atol=1e-8)
 
 

@@ -10,6 +10,7 @@ import threadpoolctl
 
 import cnnext
 from cnnext import _config, _threads
+from helpers import child_env
 
 
 @pytest.fixture
@@ -77,17 +78,14 @@ def test_show_config_reports_what_threadpoolctl_sees(capsys):
 
 
 def _fresh_python(code, **env):
-    import os
     import subprocess
     import sys
-    full = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    full = {k: v for k, v in child_env().items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
     for k, v in env.items():  # None: unset
         if v is None:
             full.pop(k, None)
         else:
             full[k] = v
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
-    full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
     # cwd: not the checkout, whose uncompiled cnnext/ would shadow the one under test ("-c" puts
     # the working directory first on sys.path)
     import tempfile

@@ -3,23 +3,18 @@
 torch is a test oracle only, never a runtime dependency of cnnext. The same grids as the naive-oracle
 tests are used; the naive oracle itself is also checked against torch here.
 """
-import zlib
-
 import numpy as np
 import pytest
 
 import cnnext.functional as F
 import naive_oracle as oracle
+from helpers import rng_for
 from naive_oracle import AVG_POOL_CASES, CONV_CASES, MAX_POOL_CASES, assert_close
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
 DTYPES = [np.float32, np.float64]
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def t(a, grad=False):

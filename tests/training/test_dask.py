@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-import cnnext
 from cnnext import nn
+from helpers import child_env
 
 da = pytest.importorskip("dask.array", reason='dask is not installed (pip install "cnnext[dask]")')
 distributed = pytest.importorskip("distributed", reason='dask.distributed is not installed (pip install "cnnext[dask]")')
@@ -20,7 +20,6 @@ distributed = pytest.importorskip("distributed", reason='dask.distributed is not
 from cnnext import dask as cdask  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
 
 
 def make_model(dtype=np.float32, seed=0):
@@ -139,7 +138,6 @@ def test_module_does_not_shadow_the_real_dask():
     code = ("import cnnext.dask as m, dask, dask.array, sys; "
             "assert dask.__name__ == 'dask' and dask.__file__ != m.__file__, dask.__file__; "
             "assert sys.modules['dask'] is dask and m.__name__ == 'cnnext.dask'; print('ok')")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PKG_PARENT, os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),
                          cwd=HERE, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

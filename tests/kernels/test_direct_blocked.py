@@ -9,7 +9,6 @@ grad_output, and other strides through the scatter kernel.
 import numpy as np
 import pytest
 
-import cnnext
 import cnnext.functional as F
 import naive_oracle as oracle
 from cnnext import ConvLayer, IdentityActivator, ReluActivator
@@ -18,6 +17,7 @@ from cnnext._config import force_conv_algorithm
 from cnnext._validation import check_conv2d
 from cnnext.functional._conv_dispatch import backward_checked
 from cnnext.functional import _conv_dispatch
+from helpers import same_at_thread_counts
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -28,6 +28,9 @@ def blocked_kernels(monkeypatch):
     """These tests drive the Cython kernels: small stride-1 problems would otherwise go to the
     small-convolution C kernels on AVX2 machines (tested in test_small_direct.py)."""
     monkeypatch.setattr(_conv_dispatch, "_NATIVE_DIRECT", False)
+    _conv_dispatch._auto_algorithm.cache_clear()  # its cached choices depend on _NATIVE_DIRECT
+    yield
+    _conv_dispatch._auto_algorithm.cache_clear()
 
 # (N, C, H, W, K, kh, kw, stride, padding, dilation, groups)
 CASES = {
@@ -97,14 +100,9 @@ def test_direct_partial_backward(case, dtype):
 def test_direct_bitwise_identical_for_1_2_3_threads(case, dtype, restore_config):
     # conftest lowers the parallel threshold to 0, so these small calls really split the planes
     x, w, b, gy, params, _ = _inputs(case, dtype)
-    results = []
     with force_conv_algorithm("direct"):
-        for n in (1, 2, 3):
-            cnnext.set_num_threads(n)
-            results.append((F.conv2d(x, w, b, **params),) + F.conv2d_backward(gy, x, w, **params))
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            assert np.array_equal(a, c)
+        same_at_thread_counts(lambda: (F.conv2d(x, w, b, **params),) + F.conv2d_backward(gy, x, w, **params),
+                              (1, 2, 3))
 
 
 def test_auto_picks_direct_for_thin_problems():

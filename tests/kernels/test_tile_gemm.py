@@ -2,21 +2,16 @@
 tile_gemm_grad) against float64 numpy products, on shapes that hit every remainder of the
 register block (rows of 6, columns of 16 float32 / 8 float64 values), with the padding the callers
 leave past the tile count filled with NaN so that reading it would show."""
-import zlib
-
 import numpy as np
 import pytest
 
 from cnnext._kernels import _winograd
+from helpers import rng_for
 
 MR, PAD = _winograd.TILE_GEMM_MR, _winograd.TILE_GEMM_PAD
 DTYPES = [np.float32, np.float64]
 SHAPES = [(1, 1, 1), (6, 16, 16), (5, 3, 17), (7, 9, 15), (13, 17, 33), (12, 8, 32), (19, 40, 9),
           (64, 32, 48)]
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def operands(K, C, T, dtype, extra=0):

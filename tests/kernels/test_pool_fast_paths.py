@@ -7,7 +7,6 @@ loop, band splitting, padding and ceil_mode clipping, strides larger than the ke
 including NaN positions and the sign of zeros; the thread count never changes a bit.
 """
 import itertools
-import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import pytest
 import cnnext
 import cnnext.functional as F
 import naive_oracle as oracle
+from helpers import rng_for
 from cnnext._kernels import _pool
 
 pytestmark = pytest.mark.usefixtures("restore_config")
@@ -47,10 +47,6 @@ PATH_CASES = {
     "bands": (1, 2, 2100, 4, 3, 1, 1, False),                    # ~8192-window bands: 2 bands
     "bands_rows": (1, 1, 2300, 7, 3, 2, 1, True),                # bands, per-row loops, ceil
 }
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def case_args(case_id):

@@ -19,6 +19,7 @@ import pytest
 
 import cnnext.functional as F
 import naive_oracle as oracle
+from helpers import PKG_PARENT, child_env
 from cnnext._config import force_conv_algorithm
 
 # numpy warns about the NaN/inf arithmetic these tests do on purpose (in the oracle and in numpy's
@@ -430,22 +431,16 @@ def test_max_pool2d_with_huge_padding_returns():
     process so that a hang fails the test instead of stalling the suite."""
     import subprocess
     import sys
-    from pathlib import Path
-
-    import cnnext
 
     code = ("import numpy as np, cnnext.functional as F\n"
             "x = np.arange(36.0).reshape(1, 1, 6, 6)\n"
             "y, i = F.max_pool2d(x, 2**40, padding=2**39, return_indices=True)\n"
             "print(y.ravel().tolist(), i.ravel().tolist())\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
-                                         env.get("PYTHONPATH", "")])
     try:
         # cwd: the directory holding the cnnext under test ("python -c" puts the working
         # directory first on sys.path; a repository root would shadow an installed cnnext)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                             timeout=30, cwd=str(Path(cnnext.__file__).resolve().parent.parent))
+        out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True,
+                             timeout=30, cwd=PKG_PARENT)
     except subprocess.TimeoutExpired:
         pytest.fail("max_pool2d(kernel_size=2**40, padding=2**39) did not return within 30 s")
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,4 @@
 """cnnext.functional.conv2d / conv2d_backward against the naive float64 oracle."""
-import zlib
-
 import numpy as np
 import pytest
 
@@ -8,6 +6,7 @@ import cnnext
 import cnnext.functional as F
 from cnnext._config import force_conv_algorithm
 import naive_oracle as oracle
+from helpers import make_data, result_dtype, rng_for, same_at_thread_counts, with_layout
 from naive_oracle import CONV_CASES, assert_close
 
 DTYPES = [np.float32, np.float64, np.int64]
@@ -19,47 +18,6 @@ def algorithm(request):
     """Run the test once with each conv2d algorithm forced (im2col + GEMM, direct, Winograd)."""
     with force_conv_algorithm(request.param):
         yield request.param
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def make_data(rng, shape, dtype):
-    if np.dtype(dtype).kind in "iu":
-        return rng.integers(-3, 4, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def result_dtype(dtype):
-    return np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
-
-
-def with_layout(a, layout):
-    """The same values as ``a`` in the requested memory layout (checked, so the test means it)."""
-    a = np.asarray(a)
-    if layout == "C":
-        out = np.ascontiguousarray(a)
-        assert out.flags.c_contiguous
-    elif layout == "F":
-        out = np.asfortranarray(a)
-        assert out.flags.f_contiguous
-    elif layout == "slice":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
-        big[..., ::2] = a
-        out = big[..., ::2]
-        assert not out.flags.c_contiguous or a.size <= 1
-    elif layout == "negative":
-        flipped = np.ascontiguousarray(np.flip(a, axis=-2))
-        out = np.flip(flipped, axis=-2)
-        assert out.strides[-2] < 0 or a.shape[-2] <= 1
-    elif layout == "readonly":
-        out = a.copy()
-        out.setflags(write=False)
-    else:
-        raise AssertionError(layout)
-    np.testing.assert_array_equal(out, a)
-    return out
 
 
 def conv_inputs(case_id, dtype):
@@ -188,15 +146,10 @@ def test_conv2d_thread_counts_bitwise_identical(case_id, dtype, restore_config, 
     x, w, b, params = conv_inputs(case_id, dtype)
     x = np.concatenate([x, -x, x * 2]).astype(dtype)  # a few more planes to split among threads
     gy = make_data(rng_for(case_id, "gy-threads"), out_shape(x, w, params), dtype)
-    results = {}
-    for n in (1, 2):
-        cnnext.set_num_threads(n)
-        assert cnnext.get_num_threads() == n
-        results[n] = (F.conv2d(x, w, b, **params),) + F.conv2d_backward(gy, x, w, **params)
-    for a, c in zip(results[1], results[2]):
-        assert np.array_equal(a, c)
-    assert_close(results[2][0], oracle.conv2d(x, w, b, **params))
-    for got, want in zip(results[2][1:], oracle.conv2d_backward(gy, x, w, **params)):
+    y, *grads = same_at_thread_counts(
+        lambda: (F.conv2d(x, w, b, **params),) + F.conv2d_backward(gy, x, w, **params))
+    assert_close(y, oracle.conv2d(x, w, b, **params))
+    for got, want in zip(grads, oracle.conv2d_backward(gy, x, w, **params)):
         assert_close(got, want)
 
 

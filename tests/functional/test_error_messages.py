@@ -16,6 +16,7 @@ import cnnext.functional as F
 from cnnext import nn, optim
 from cnnext._config import force_conv_algorithm
 from cnnext._validation import check_pool2d
+from helpers import child_env
 
 X = np.zeros((2, 4, 6, 6))
 W = np.zeros((6, 2, 3, 3))  # groups=2
@@ -177,9 +178,7 @@ def test_absurd_thread_counts_are_refused_or_work(n, tmp_path):
     """set_num_threads(n) either refuses n (ValueError/TypeError, naming it) or the kernels then
     work: never an OverflowError at every later call, never a crash (a child process runs it, so a
     crash fails this test instead of killing the suite)."""
-    import os
     import subprocess
-    from pathlib import Path
 
     code = (
         "import numpy as np, cnnext, cnnext.functional as F\n"
@@ -194,10 +193,7 @@ def test_absurd_thread_counts_are_refused_or_work(n, tmp_path):
         "    assert y.ravel().tolist() == [5, 7, 13, 15, 21, 23, 29, 31], y\n"
         "    print('works')\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnext.__file__).resolve().parent.parent),
-                                         env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.stdout.strip() in ("refused", "works")

@@ -21,9 +21,9 @@ from cnnext import nn, optim
 from cnnext import distributed as dist
 
 import distributed_worker as worker
+from helpers import child_env
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cnnext.__file__)))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, with distributed_worker.py
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,17 +324,14 @@ def find_mpiexec():
 def mpi_env():
     """Environment for local runs: loopback only, one thread per rank, Open MPI allowed as root."""
     lo = "lo0" if platform.system() == "Darwin" else "lo"
-    env = dict(os.environ)
-    env.update({
+    # The ranks import the cnnext this process imported (the source tree or an installed wheel).
+    return child_env(HERE, **{
         "UCX_NET_DEVICES": lo, "FI_TCP_IFACE": lo, "FI_SOCKETS_IFACE": lo,
         "OMPI_MCA_btl_tcp_if_include": lo, "OMPI_MCA_oob_tcp_if_include": lo,
         "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     })
-    # The ranks import the cnnext this process imported (the source tree or an installed wheel).
-    env["PYTHONPATH"] = os.pathsep.join([PKG_PARENT, HERE] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
 
 
 def mpi_skip_reason():
