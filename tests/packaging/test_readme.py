@@ -21,7 +21,7 @@ import pytest
 
 import cnnext
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 _MARKER = re.compile(r"<!--\s*readme-test:\s*(.*?)\s*-->")
 

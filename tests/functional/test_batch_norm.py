@@ -552,7 +552,7 @@ def test_bench_norm_quick_runs(extra):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_norm.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_norm.py"
     if not script.is_file():
         pytest.skip(f"{script} not found (the benchmarks are not part of this tree)")
     if not extra:
