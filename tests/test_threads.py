@@ -182,36 +182,39 @@ def _gil_probe_calls():
     }
 
 
-def _gil_probe(call):
+def _gil_probe(call, max_calls=300):
     """How often the main thread ran while ``call`` was in flight in a worker thread.
 
     The switch interval is made huge, so a thread holding the GIL keeps it until it blocks or
-    releases it. The worker flags ``in_call`` around three calls and the main thread, which sleeps
-    between checks, counts how often it sees the flag set. If the call kept the GIL throughout, the
-    main thread could not run at all between setting and clearing the flag: the count is exactly 0.
+    releases it. The worker flags ``in_call`` around its calls (until the main thread has seen the
+    flag, at most ``max_calls`` of them: on a busy machine a short call may end before the main
+    thread's next check) and the main thread, which sleeps between checks, counts how often it sees
+    the flag set. If the call kept the GIL throughout, the main thread could not run at all between
+    setting and clearing the flag: the count is exactly 0.
     """
-    state = {"in_call": False, "done": False}
-    seen = 0
+    state = {"in_call": False, "done": False, "seen": 0}
     old = sys.getswitchinterval()
     sys.setswitchinterval(1000.0)
     try:
         def work():
-            for _ in range(3):
+            for _ in range(max_calls):
                 state["in_call"] = True
                 call()
                 state["in_call"] = False
+                if state["seen"]:
+                    break
             state["done"] = True
 
         t = threading.Thread(target=work)
         t.start()
         while not state["done"]:
             if state["in_call"]:
-                seen += 1
+                state["seen"] += 1
             time.sleep(0.001)  # blocks: releases the GIL
         t.join()
     finally:
         sys.setswitchinterval(old)
-    return seen
+    return state["seen"]
 
 
 @pytest.mark.parametrize("name", sorted(_gil_probe_calls()))
@@ -230,7 +233,7 @@ def test_kernels_release_the_gil(name):
 
 def test_gil_probe_control_sees_a_gil_holding_call():
     """The probe can fail: a pure-Python loop holds the GIL, and the main thread never runs."""
-    assert _gil_probe(lambda: sum(range(2 * 10**6))) == 0
+    assert _gil_probe(lambda: sum(range(2 * 10**6)), max_calls=3) == 0
 
 
 def _parent_results(seeds, threads):

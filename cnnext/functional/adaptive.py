@@ -177,6 +177,9 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_shape):
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     N, C, H, W = shape
     Ho, Wo = gy.shape[2:]
+    if Ho * Wo == 0:  # no output, no gradient
+        gx = np.zeros(shape, dtype=gy.dtype)
+        return gx[0] if unbatched else gx
     gx = np.empty(shape, dtype=gy.dtype)
     bad = _pool.max_pool2d_backward(gy.reshape(N * C, Ho * Wo), idx.reshape(N * C, Ho * Wo),
                                     gx.reshape(N * C, H * W), threads_for(gx.size), W, Wo)

@@ -11,7 +11,7 @@ import numpy as np
 from cnnext._validation import check_bool, check_float
 from cnnext.nn.module import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
 
 
 class Optimizer:
@@ -274,3 +274,75 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton), with PyTorch's update rule.
+
+    Per parameter::
+
+        g = grad + weight_decay * p
+        v = alpha * v + (1 - alpha) * g * g
+        a = alpha * a + (1 - alpha) * g                     (centered only)
+        d = sqrt(v - a * a) + eps  if centered  else  sqrt(v) + eps
+        buf = momentum * buf + g / d;  p -= lr * buf        (momentum > 0)
+        p -= lr * g / d                                    (otherwise)
+
+    Parameters
+    ----------
+    params : iterable of Parameter or of group dicts
+    lr : float
+    alpha : float
+        Smoothing constant in [0, 1] (default 0.99).
+    eps, weight_decay, momentum : float, >= 0
+    centered : bool
+        Normalise by the estimated variance instead of the second moment.
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered))
+
+    def _check_group(self, g):
+        o = "RMSprop"
+        g["lr"] = check_float(g["lr"], "lr", o, minimum=0.0)
+        g["alpha"] = check_float(g["alpha"], "alpha", o, 0.0, 1.0)
+        g["eps"] = check_float(g["eps"], "eps", o, minimum=0.0)
+        g["weight_decay"] = check_float(g["weight_decay"], "weight_decay", o, minimum=0.0)
+        g["momentum"] = check_float(g["momentum"], "momentum", o, minimum=0.0)
+        check_bool(g["centered"], "centered", o)
+
+    def step(self):
+        """Apply one RMSprop update to every parameter."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                t = p.data.dtype.type
+                d = p.grad
+                if g["weight_decay"]:
+                    d = d + t(g["weight_decay"]) * p.data
+                st = self.state.setdefault(p, {})
+                if "square_avg" not in st:
+                    st["step"] = 0
+                    st["square_avg"] = np.zeros_like(p.data)
+                    if g["centered"]:
+                        st["grad_avg"] = np.zeros_like(p.data)
+                    if g["momentum"]:
+                        st["momentum_buffer"] = np.zeros_like(p.data)
+                st["step"] += 1
+                v = st["square_avg"]
+                v *= t(g["alpha"])
+                v += t(1 - g["alpha"]) * d * d
+                if g["centered"]:
+                    a = st["grad_avg"]
+                    a += t(1 - g["alpha"]) * (d - a)  # PyTorch's lerp
+                    denom = np.sqrt(v - a * a) + t(g["eps"])
+                else:
+                    denom = np.sqrt(v) + t(g["eps"])
+                if g["momentum"]:
+                    buf = st["momentum_buffer"]
+                    buf *= t(g["momentum"])
+                    buf += d / denom
+                    p.data -= t(g["lr"]) * buf
+                else:
+                    p.data -= t(g["lr"]) * (d / denom)
