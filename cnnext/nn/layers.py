@@ -4,7 +4,8 @@ Each layer keeps its parameters and what its backward pass needs from the last f
 input, the max-pooling indices, the activation output or the dropout mask); every computation is a
 call into ``cnnext.functional``.
 
-A layer validates its input once per call: ``forward`` checks the input (and the geometry, with
+Under ``cnnext.no_grad()`` a layer keeps nothing for backward (``Module._keep``). A layer validates
+its input once per call: ``forward`` checks the input (and the geometry, with
 ``cnnext._validation``) and ``backward`` checks ``grad_output`` against the cached forward output
 shape; both then call the functional modules' documented already-checked entry points
 (``_conv_dispatch.forward_checked``/``backward_checked``, ``pooling.*_checked``,
@@ -119,7 +120,7 @@ class Conv2d(Module):
         x, w, b, g, unbatched = check_conv2d("Conv2d", x, w, b, self.stride, self.padding,
                                              self.dilation, self.groups, dtype=w.dtype)
         y = _conv_dispatch.forward_checked(x, w, b, g)
-        self._x = (x, w, g, unbatched)
+        self._keep("_x", (x, w, g, unbatched))
         return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
@@ -189,7 +190,7 @@ class Linear(Module):
         w = self.weight.data
         x, w, b = check_linear("Linear", x, w, self.bias.data if self.bias is not None else None,
                                dtype=w.dtype)
-        self._x = (x, w)
+        self._keep("_x", (x, w))
         return linear_checked(x, w, b)
 
     def backward(self, grad_output, input_grad=True):
@@ -239,7 +240,7 @@ class MaxPool2d(Module):
         g = check_pool2d("MaxPool2d", x.shape, self.kernel_size, self.stride, self.padding,
                          self.dilation, self.ceil_mode)
         y, idx = max_pool2d_checked(x, g)
-        self._indices = (idx, g, unbatched)
+        self._keep("_indices", (idx, g, unbatched))
         return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
@@ -288,7 +289,7 @@ class AvgPool2d(Module):
         g = check_pool2d("AvgPool2d", x.shape, self.kernel_size, self.stride, self.padding, 1,
                          self.ceil_mode)
         y = avg_pool2d_checked(x, g, self.count_include_pad)
-        self._shape = (g, unbatched)
+        self._keep("_shape", (g, unbatched))
         return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
@@ -336,7 +337,7 @@ class _Activation(Module):
         """Apply the activation element-wise; cache the output for backward."""
         x = as_float_array(x, "input", type(self).__name__, ndims=_ANY_ND)
         y = np.asarray(type(self)._fn(x))  # a 0-d input gives a 0-d array, as in PyTorch
-        self._y = y
+        self._keep("_y", y)
         return y
 
     def backward(self, grad_output, input_grad=True):
@@ -389,7 +390,7 @@ class Flatten(Module):
         if not (0 <= s < max(nd, 1) and 0 <= e < max(nd, 1)) or s > e:
             raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not fit a "
                              f"{nd}-D input of shape {x.shape}")
-        self._shape = x.shape
+        self._keep("_shape", x.shape)
         if nd == 0:
             return x.reshape(1)
         return x.reshape(x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
@@ -433,10 +434,12 @@ class Dropout(Module):
         """Drop elements at random (training mode) or pass the input through (eval mode)."""
         x = as_float_array(x, "input", "Dropout", ndims=_ANY_ND)
         if not self.training or self.p == 0.0:
-            self._mask, self._shape = None, x.shape
+            self._mask = None
+            self._keep("_shape", x.shape)
             return x
         y, mask = dropout_checked(x, self.p, self.rng)
-        self._mask, self._shape = mask, x.shape
+        self._keep("_mask", mask)
+        self._keep("_shape", x.shape)
         return y
 
     def backward(self, grad_output, input_grad=True):

@@ -23,7 +23,8 @@ class _Loss(Module):
         """Return the loss as a Python float and remember the arguments for ``backward``."""
         x, t = type(self)._check(type(self).__name__, output, target)
         loss = self._loss(x, t)
-        self._input, self._target = x, t
+        self._keep("_input", x)
+        self._keep("_target", t)
         return float(loss)
 
     def backward(self, grad_output=1.0, input_grad=True):

@@ -40,7 +40,7 @@ PUBLIC = {
         "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
     ],
     "cnnext.optim": [
-        "Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "create_optimizer", "LRScheduler",
+        "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "create_optimizer", "LRScheduler",
         "CosineAnnealingLR", "StepLR", "MultiStepLR", "LinearLR", "OneCycleLR", "SequentialLR",
         "ReduceLROnPlateau", "lr_scheduler",
     ],
