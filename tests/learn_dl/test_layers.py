@@ -412,7 +412,7 @@ POOL_GEOMETRY = ["input_width", "input_height", "channel_number", "filter_width"
 def test_conv_layer_geometry_is_read_only(name):
     """Issue 13 item 10: changing stride/zero_padding/input_width... after construction gave silently
     wrong gradients (the cached geometry and the arrays kept the old sizes); it is now refused."""
-    layer = make_layer(7, 6, 2, 3, 2, 3, 1, 2)
+    layer = random_conv_layer(7, 6, 2, 3, 2, 3, 1, 2)
     before = getattr(layer, name)
     with pytest.raises(AttributeError, match=rf"^ConvLayer.{name} is read-only: .* sized for "
                                              rf"{name}={before} at construction; build a new ConvLayer"):
@@ -424,11 +424,11 @@ def test_conv_layer_geometry_is_read_only(name):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 7))
     s = rng.standard_normal((3, layer.output_height, layer.output_width))
-    w, b = layer_arrays(layer)
+    w, b = layer_params(layer)
     layer.forward(x)
     layer.backward(x, s, IdentityActivator())
-    np.testing.assert_allclose(layer.output_array, naive_conv(x, w, b, 2, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.delta_array, naive_conv_grads(x, w, s, 2, 1)[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, 2, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.delta_array, oracle.conv2d_backward(s, x, w, 2, 1)[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", POOL_GEOMETRY)
@@ -440,13 +440,13 @@ def test_max_pooling_layer_geometry_is_read_only(name):
     assert getattr(layer, name) == before
     x = np.random.default_rng(4).standard_normal((2, 5, 6))
     layer.forward(x)
-    np.testing.assert_array_equal(layer.output_array, naive_maxpool(x, 2, 3, 1)[0])
+    np.testing.assert_array_equal(layer.output_array, oracle.max_pool2d(x, (2, 3), 1)[0])
 
 
 def test_layers_with_read_only_geometry_copy_and_pickle():
     import copy
     import pickle
-    conv_l = make_layer(5, 5, 2, 3, 3, 2, 1, 1, act=ReluActivator())
+    conv_l = random_conv_layer(5, 5, 2, 3, 3, 2, 1, 1, act=ReluActivator())
     pool_l = MaxPoolingLayer(4, 4, 2, 2, 2, 2)
     for layer in (conv_l, pool_l):
         for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
