@@ -426,7 +426,33 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-class Sequential(Module):
+def _check_child(module, what, func):
+    if not isinstance(module, Module):
+        raise TypeError(f"{func}: {what} must be a cnnext.nn.Module, got {type(module).__name__}")
+    return module
+
+
+class _ModuleSequence(Module):
+    """List behaviour shared by Sequential and ModuleList: append, len, iteration, indexing."""
+
+    def append(self, module):
+        """Add a module at the end; return self."""
+        self._modules[str(len(self._modules))] = _check_child(module, "module", f"{type(self).__name__}.append")
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._slice(list(self._modules.items())[index])
+        return list(self._modules.values())[index]
+
+
+class Sequential(_ModuleSequence):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
     Parameters
@@ -456,24 +482,8 @@ class Sequential(Module):
                 raise ValueError(f"Sequential: layer names must be non-empty strings without '.', got {name!r}")
             self._modules[name] = m
 
-    def append(self, module):
-        """Add a module at the end; return self."""
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential.append: module must be a cnnext.nn.Module, got {type(module).__name__}")
-        self._modules[str(len(self._modules))] = module
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, index):
-        mods = list(self._modules.values())
-        if isinstance(index, slice):
-            return Sequential(OrderedDict(list(self._modules.items())[index]))
-        return mods[index]
+    def _slice(self, items):
+        return Sequential(OrderedDict(items))
 
     def forward(self, x):
         """Run every layer in order and return the last output."""
@@ -493,13 +503,7 @@ class Sequential(Module):
         return g
 
 
-def _check_child(module, what, func):
-    if not isinstance(module, Module):
-        raise TypeError(f"{func}: {what} must be a cnnext.nn.Module, got {type(module).__name__}")
-    return module
-
-
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of sub-modules, registered as "0", "1", ... (PyTorch's state_dict keys).
 
     It holds modules only; the ``forward`` of the module that owns it decides how they are called.
@@ -514,28 +518,14 @@ class ModuleList(Module):
         for m in modules:
             self.append(m)
 
-    def append(self, module):
-        """Add a module at the end; return self."""
-        self._modules[str(len(self._modules))] = _check_child(module, "module", "ModuleList.append")
-        return self
-
     def extend(self, modules):
         """Append every module of an iterable; return self."""
         for m in modules:
             self.append(m)
         return self
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, index):
-        mods = list(self._modules.values())
-        if isinstance(index, slice):
-            return ModuleList(mods[index])
-        return mods[index]
+    def _slice(self, items):
+        return ModuleList(m for _, m in items)
 
     def forward(self, *args):
         raise NotImplementedError("ModuleList has no forward: call its modules from the owner's forward")
