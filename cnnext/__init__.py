@@ -72,6 +72,23 @@ _sys.modules.setdefault("cnnext.layers", learn_dl.layers)
 _sys.modules.setdefault("cnnext.activators", learn_dl.activators)
 layers, activators = learn_dl.layers, learn_dl.activators
 
+# Public subpackages imported on first attribute access (PEP 562), so ``cnnext.datasets`` works
+# after ``import cnnext`` without every ``import cnnext`` paying for urllib, gzip and hashlib.
+_LAZY_SUBMODULES = ("datasets", "dask", "distributed", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"cnnext.{name}")  # also binds it here: called once
+    raise AttributeError(f"module 'cnnext' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
+
 __all__ = [
     "__version__",
     "functional",

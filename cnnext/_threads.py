@@ -31,11 +31,19 @@ import threadpoolctl
 
 _controller_lock = threading.Lock()
 _controller = None  # the one ThreadpoolController; see controller()
+_blas = ()  # its BLAS library controllers
 
 _blas_lock = threading.Lock()
 _users = 0  # single_threaded_blas blocks in progress, in every thread
 _saved = None  # [(library controller, its thread count before the first block)]
 _limited = False  # BLAS is held at one thread by single_threaded_blas
+
+# threadpoolctl >= 3.8 lets only one Python thread (the first to set it, until it lets go) change a
+# pthreads OpenBLAS; the others' settings are ignored. The block that restores BLAS may end in
+# another thread than the one that limited it, and the CLI limits BLAS once from the main thread,
+# so cnnext gives up its claim after each change and takes one over when its setting was ignored.
+_release_claim = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread",
+                         lambda force=False: None)
 
 
 def controller(refresh=False):
@@ -47,12 +55,14 @@ def controller(refresh=False):
         Scan the loaded libraries again (a controller only knows those loaded when it was built)
         and keep the new controller from now on.
     """
-    global _controller
+    global _controller, _blas
     ctl = _controller
     if ctl is None or refresh:
         with _controller_lock:
             if _controller is None or refresh:
-                _controller = threadpoolctl.ThreadpoolController()
+                new = threadpoolctl.ThreadpoolController()
+                _blas = tuple(new.select(user_api="blas").lib_controllers)
+                _controller = new
             ctl = _controller
     return ctl
 
@@ -70,7 +80,9 @@ def loaded_openmp_runtimes():
 
 def _blas_controllers():
     """threadpoolctl's controllers of the BLAS libraries loaded (numpy's among them)."""
-    return controller().select(user_api="blas").lib_controllers
+    if _controller is None:
+        controller()
+    return _blas
 
 
 def blas_control_available():
@@ -78,22 +90,18 @@ def blas_control_available():
     return bool(_blas_controllers())
 
 
-def _release_openblas_claim():
-    # threadpoolctl >= 3.8 lets only one Python thread (the first to set it) change a pthreads
-    # OpenBLAS until that thread lets go; the block that restores BLAS may run in another thread
-    # than the one that limited it, so the claim is given up after each change.
-    release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
-    if release is not None:
-        release(force=True)
-
-
 def _set_blas_threads(pairs):
-    _release_openblas_claim()
-    try:
-        for lib, n in pairs:
+    """Set each (library controller, count); return whether every library now has its count."""
+    took = True
+    for lib, n in pairs:
+        lib.set_num_threads(n)
+        if lib.get_num_threads() != n:  # ignored: another thread holds threadpoolctl's claim
+            _release_claim(force=True)
             lib.set_num_threads(n)
-    finally:
-        _release_openblas_claim()
+            took = took and lib.get_num_threads() == n
+    if pairs:
+        _release_claim()
+    return took
 
 
 class single_threaded_blas:
@@ -110,8 +118,7 @@ class single_threaded_blas:
         with _blas_lock:
             if _users == 0 and libs:
                 _saved = [(lib, lib.get_num_threads()) for lib in libs]
-                _set_blas_threads((lib, 1) for lib in libs)
-                _limited = all(lib.get_num_threads() == 1 for lib in libs)
+                _limited = _set_blas_threads([(lib, 1) for lib, n in _saved if n != 1])
             _users += 1
             self.active = _limited
         return self
@@ -123,7 +130,7 @@ class single_threaded_blas:
             if _users == 0 and _saved is not None:
                 _limited = False
                 saved, _saved = _saved, None
-                _set_blas_threads(saved)
+                _set_blas_threads([(lib, n) for lib, n in saved if n != 1])
         return False
 
 

@@ -17,6 +17,8 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
+    "as_batch",
+    "check_batch_grad",
     "to_pair",
     "conv_output_size",
     "pool_output_size",
@@ -31,11 +33,21 @@ __all__ = [
     "check_choice",
     "check_dtype",
     "check_rng",
+    "check_conv_padding",
+    "check_input_shape",
+    "check_linear",
+    "check_cross_entropy",
+    "check_mse",
+    "result_dtype",
 ]
 
-# Naming convention for every check here: ``check_x(value, name, func, ...)`` where ``name`` is the
-# argument and ``func`` the caller as the user sees it ("conv2d", "Conv2d", "SGD", "cnnext train").
-# Messages read "{func}: {name} must be ..., got ...".
+# Naming convention: every check of one value is ``check_x(value, name, func, ...)`` (likewise
+# ``as_float_array``, ``as_batch``, ``to_pair``, ``result_dtype``), where ``name`` is the argument and
+# ``func`` the caller as the user sees it ("conv2d", "Conv2d", "Conv2d.backward", "SGD"). Messages
+# read "{func}: {name} must be ..., got ...". The validators of a whole call (check_conv2d,
+# check_pool2d, check_linear, check_cross_entropy, check_mse) take ``func`` first, then the
+# arguments in the order of the function they check. One function per kind of check: extend these
+# rather than writing a new one in a module.
 
 
 def _describe(x):
@@ -44,8 +56,12 @@ def _describe(x):
     return f"{type(x).__name__} {x!r}"
 
 
-def result_dtype(x, func, name):
-    """Return the float dtype a computation on array ``x`` runs in (float32 or float64)."""
+def result_dtype(x, name, func):
+    """Return the float dtype a computation on array ``x`` runs in (float32 or float64).
+
+    Integer and bool arrays compute in float64; float16, complex, object and other dtypes raise
+    TypeError naming ``name`` and ``func``.
+    """
     dt = x.dtype
     if dt == np.float32 or dt == np.float64:
         return dt
@@ -61,7 +77,7 @@ def result_dtype(x, func, name):
     )
 
 
-def as_float_array(x, name, func, ndims=(4,), dtype=None):
+def as_float_array(x, name, func, ndims=(4,), dtype=None, shape=None):
     """Return ``x`` as a C-contiguous float array with one of the given numbers of dimensions.
 
     Parameters
@@ -75,6 +91,8 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
     dtype : numpy dtype, optional
         Cast to this dtype (after checking ``x`` is real and numeric). By default the result keeps
         float32/float64 and turns integers and bools into float64.
+    shape : tuple of int, optional
+        The exact shape ``x`` must have (checked after ``ndims``).
     """
     if x is None:
         raise TypeError(f"{func}: {name} must be an array, got None")
@@ -85,7 +103,7 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{func}: {name} must be array_like of numbers ({exc})") from None
     try:
-        target = result_dtype(x, func, name)
+        target = result_dtype(x, name, func)
     except TypeError as exc:
         if orig is not x:  # the caller passed a non-array: show what it was
             raise TypeError(f"{exc} (from {reprlib.repr(orig)})") from None
@@ -95,7 +113,26 @@ def as_float_array(x, name, func, ndims=(4,), dtype=None):
     if x.ndim not in ndims:
         want = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{func}: {name} must be {want}, got {x.ndim}-D array of shape {x.shape}")
-    return np.ascontiguousarray(x, dtype=target)
+    if shape is not None:
+        check_shape(x, shape, name, func)
+    return np.asarray(x, dtype=target, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-D
+
+
+def as_batch(x, name, func, dtype=None):
+    """Check an (N, C, H, W) batch or one (C, H, W) sample (see ``as_float_array``).
+
+    Returns ``(x4, unbatched)``: the checked array, always 4-D, and whether it was one 3-D sample.
+    """
+    x = as_float_array(x, name, func, ndims=(3, 4), dtype=dtype)
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def check_batch_grad(grad_output, name, func, output_shape, unbatched, dtype=None):
+    """Check a gradient against a forward output of 4-D ``output_shape`` (3-D, without the batch
+    axis, when the forward input was ``unbatched``); return it 4-D."""
+    shape = tuple(output_shape[1:]) if unbatched else tuple(output_shape)
+    gy = as_float_array(grad_output, name, func, ndims=(len(shape),), dtype=dtype, shape=shape)
+    return gy[None] if unbatched else gy
 
 
 # The kernels index with Py_ssize_t (int64). Every geometric quantity they see -- input and padded
@@ -186,9 +223,10 @@ def pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
 
 
 def check_bool(value, name, func):
-    """Raise TypeError unless ``value`` is a bool (Python or numpy)."""
+    """Return ``value`` as a Python bool; TypeError unless it is a bool (Python or numpy)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{func}: {name} must be a bool, got {_describe(value)}")
+    return bool(value)
 
 
 def check_int(value, name, func, minimum=None, maximum=None):
@@ -203,9 +241,12 @@ def check_int(value, name, func, minimum=None, maximum=None):
     minimum, maximum : int, optional
         Inclusive bounds.
     """
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{func}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        value = operator.index(value)  # also refuses float arrays and arrays of several ints
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be an int, got {_describe(value)}") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         if maximum is None:
             raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
@@ -222,7 +263,7 @@ def check_float(value, name, func, minimum=None, maximum=None, open_min=False, o
     Parameters
     ----------
     value : object
-        A real number (Python or numpy; bools are refused).
+        A real number (Python or numpy, or a 0-d array of one; bools are refused).
     name, func : str
         Argument and caller names for error messages.
     minimum, maximum : float, optional
@@ -230,8 +271,10 @@ def check_float(value, name, func, minimum=None, maximum=None, open_min=False, o
     finite : bool
         Refuse inf and NaN (NaN is always refused).
     """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{func}: {name} must be a real number, got {_describe(value)}")
     v = float(value)
     if math.isnan(v) or (finite and math.isinf(v)):
         raise ValueError(f"{func}: {name} must be finite, got {value!r}")
@@ -327,38 +370,44 @@ class ConvGeometry:
                 and self.pt == self.pb == self.pl == self.pr == 0)
 
 
-def _conv_padding(padding, kh, kw, dh, dw, stride, func):
+def check_conv_padding(padding, stride, func):
+    """Return a convolution's ``padding`` as 'valid', 'same' or an (h, w) pair of ints >= 0.
+
+    ``stride`` is the normalised (h, w) stride: 'same' needs stride 1.
+    """
     if isinstance(padding, str):
-        if padding == "valid":
-            return 0, 0, 0, 0
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"{func}: padding='same' needs stride 1, got stride={stride}")
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            return th // 2, th - th // 2, tw // 2, tw - tw // 2
-        raise ValueError(f"{func}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = to_pair(padding, "padding", func, minimum=0)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{func}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if padding == "same" and tuple(stride) != (1, 1):
+            raise ValueError(f"{func}: padding='same' needs stride 1, got stride={tuple(stride)}")
+        return padding
+    return to_pair(padding, "padding", func, minimum=0)
+
+
+def _conv_padding(padding, kh, kw, dh, dw, stride, func):
+    """(top, bottom, left, right) padding amounts of a checked convolution."""
+    padding = check_conv_padding(padding, stride, func)
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = padding
     return ph, ph, pw, pw
 
 
-def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
+def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups, dtype=None):
     """Validate conv2d arguments.
 
     Returns ``(x, weight, bias, geometry, unbatched)`` with x always 4-D (N, C, H, W), weight in
     x's dtype, bias in x's dtype or None, and ``unbatched`` True when x was a single (C, H, W) sample.
+    With ``dtype`` (a layer's parameter dtype) x is cast to it first.
     """
-    x = as_float_array(x, "input", func, ndims=(3, 4))
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
+    x, unbatched = as_batch(x, "input", func, dtype=dtype)
     if min(x.shape[1:]) < 1:
         raise ValueError(f"{func}: input's channel and spatial sizes must be >= 1, got shape {x.shape}")
     weight = as_float_array(weight, "weight", func, ndims=(4,), dtype=x.dtype)
-    if isinstance(groups, (bool, np.bool_)) or not hasattr(groups, "__index__"):
-        raise TypeError(f"{func}: groups must be an int, got {_describe(groups)}")
-    groups = operator.index(groups)
-    if groups < 1:
-        raise ValueError(f"{func}: groups must be >= 1, got {groups}")
+    groups = check_int(groups, "groups", func, minimum=1)
     N, C, H, W = x.shape
     K, Cg, kh, kw = weight.shape
     if C % groups:
@@ -393,6 +442,58 @@ def check_conv2d(func, x, weight, bias, stride, padding, dilation, groups):
     geo = ConvGeometry(N, C, H, W, K, kh, kw, ksh, ksw, pt, pb, pl, pr, kdh, kdw, groups,
                        conv_output_size(H, kh, sh, pt + pb, dh), conv_output_size(W, kw, sw, pl + pr, dw))
     return x, weight, bias, geo, unbatched
+
+
+_ANY_ND = tuple(range(0, 33))
+
+
+def check_linear(func, x, weight, bias=None, dtype=None):
+    """Validate linear (``x @ weight.T + bias``) arguments; return ``(x, weight, bias)``.
+
+    x (*, in_features) is cast to ``dtype`` when given (a layer's parameter dtype), weight
+    (out_features, in_features) and bias (out_features,) or None to x's dtype.
+    """
+    x = as_float_array(x, "input", func, ndims=_ANY_ND[1:], dtype=dtype)
+    w = as_float_array(weight, "weight", func, ndims=(2,), dtype=x.dtype)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"{func}: input's last dimension ({x.shape[-1]}, shape {x.shape}) must equal weight's "
+            f"in_features (weight.shape[1] = {w.shape[1]}, weight shape {w.shape})"
+        )
+    if bias is not None:
+        bias = as_float_array(bias, "bias", func, ndims=(1,), dtype=x.dtype, shape=(w.shape[0],))
+    return x, w, bias
+
+
+def check_cross_entropy(func, input, target):
+    """Validate (N, C) logits and (N,) integer class targets in [0, C); return ``(x, target)``
+    with target as an intp array."""
+    x = as_float_array(input, "input", func, ndims=(2,))
+    t = np.asarray(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(
+            f"{func}: target must hold integer class indices, got dtype {t.dtype} "
+            f"(convert labels with target.astype(np.int64))"
+        )
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{func}: target must be 1-D with one class index per row of input "
+            f"(shape ({x.shape[0]},)), got shape {t.shape}"
+        )
+    n, c = x.shape
+    if n and (t.min() < 0 or t.max() >= c):
+        raise ValueError(
+            f"{func}: target class indices must lie in [0, {c}) for {c} classes, "
+            f"got values from {t.min()} to {t.max()}"
+        )
+    return x, t.astype(np.intp, copy=False)
+
+
+def check_mse(func, input, target):
+    """Validate an input and a target of the same shape (any rank); return them in one float dtype."""
+    x = as_float_array(input, "input", func, ndims=_ANY_ND)
+    t = as_float_array(target, "target", func, ndims=_ANY_ND, dtype=x.dtype, shape=x.shape)
+    return x, t
 
 
 @dataclass(frozen=True)
@@ -475,7 +576,7 @@ def check_pool2d(func, input_shape, kernel_size, stride, padding, dilation, ceil
     return PoolGeometry(N, C, H, W, kh, kw, ksh, ksw, ph, pw, kdh, kdw, Ho, Wo)
 
 
-def check_input_shape(input_shape, func, name="input_shape"):
+def check_input_shape(input_shape, name, func):
     """Normalise an (N, C, H, W) or (C, H, W) shape; return (shape4, unbatched)."""
     try:
         shape = tuple(operator.index(s) for s in input_shape)

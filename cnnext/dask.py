@@ -27,6 +27,7 @@ import threading
 
 import numpy as np
 
+from cnnext._validation import check_int
 from cnnext.nn.module import Module
 
 __all__ = ["predict", "INSTALL_HINT"]
@@ -117,12 +118,7 @@ def predict(model, images, batch_size=None, return_labels=False):
     if not isinstance(model, Module):
         raise TypeError(f"predict: model must be a cnnext.nn.Module, got {type(model).__name__}")
     if batch_size is not None:
-        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)):
-            raise TypeError(f"predict: batch_size must be an int or None, got {type(batch_size).__name__} "
-                            f"{batch_size!r}")
-        if batch_size < 1:
-            raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-        batch_size = int(batch_size)
+        batch_size = check_int(batch_size, "batch_size", "predict", minimum=1)
     if not isinstance(images, da.Array):
         if not hasattr(images, "shape") or not hasattr(images, "dtype"):
             raise TypeError(f"predict: images must be a dask array or a numpy array of shape (N, C, H, W), "

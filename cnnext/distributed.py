@@ -31,10 +31,18 @@ Design
   with batch N*B (up to floating-point summation order). ``DistributedSampler`` makes the shards
   equal-sized (padding or dropping) and interleaves them, so step k of the N ranks together covers
   exactly the samples of step k of the single process with batch N*B.
+- Every collective here (the broadcast of the weights, each gradient synchronisation, every metric
+  sum) is preceded by one small fixed-size ``Allreduce`` (MIN of a few int64 and their negatives:
+  operation, element count, a digest of names, shapes and dtypes, an error flag). Ranks whose
+  buffers would disagree (a model converted or changed on one rank after wrapping, different
+  metric names, ranks out of step) or a rank whose local preparation failed then raise a Python
+  exception naming the difference on every rank, instead of MPI aborting the job with
+  ``Message truncated`` or summing unrelated numbers.
 - Every synchronisation is timed (``allreduce_times``); the time includes waiting for the slowest
   rank to reach the collective.
 """
 import contextlib
+import hashlib
 import time
 from collections import OrderedDict
 
@@ -85,6 +93,106 @@ def get_comm(comm=None):
                             f"got {type(comm).__name__}")
         return comm
     return _mpi().COMM_WORLD
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement before a collective
+# ---------------------------------------------------------------------------------------------
+_WRAP, _GRADS, _BCAST, _SUM = 1, 2, 3, 4
+_OPERATIONS = {_WRAP: "the wrapping of the model (DistributedDataParallel)",
+               _GRADS: "the gradient Allreduce (backward / sync_gradients)",
+               _BCAST: "the parameter broadcast (broadcast_parameters)",
+               _SUM: "a metric sum (allreduce_sum / reduce_metrics)"}
+_HINTS = {_WRAP: "build the same model, with the same bucket_cap_mb, on every rank",
+          _GRADS: "after wrapping, change the model (to(), new layers or parameters) on every rank alike "
+                  "or not at all",
+          _BCAST: "change the model on every rank alike and pass the same root everywhere",
+          _SUM: "reduce the same metric names (the same number of values) on every rank"}
+_HEADER = 5  # operation, error flag, element count, digest, extra (replaced flag / root)
+
+
+def _digest(obj):
+    """A non-negative 62-bit digest of ``repr(obj)``, the same in every process (``hash`` is salted)."""
+    return int.from_bytes(hashlib.blake2b(repr(obj).encode(), digest_size=8).digest(), "little") >> 2
+
+
+def _first_difference(label, a, b, r):
+    if isinstance(a, list) and isinstance(b, list):
+        parts = [] if len(a) == len(b) else [f"{len(a)} on rank 0, {len(b)} on rank {r}"]
+        i = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), None)
+        if i is not None:
+            parts.append(f"first difference {a[i]!r} on rank 0, {b[i]!r} on rank {r}")
+        return f"{label}: {'; '.join(parts)}"
+    return f"{label}: {a!r} on rank 0, {b!r} on rank {r}"
+
+
+def _agree(comm, func, operation, count, digest, details, error=None, extra=0, exc_type=RuntimeError):
+    """Check that every rank is about to run the same collective on matching buffers; raise on all if not.
+
+    One ``Allreduce`` (MIN) of a fixed-size int64 header and its negation gives the minimum and
+    maximum of each field over the ranks. Only when they differ (or a rank reports a local error)
+    are the ranks' descriptions gathered, to build the message every rank raises.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+    func : str
+        The caller, as the user sees it (starts the message).
+    operation : int
+        ``_WRAP``, ``_GRADS``, ``_BCAST`` or ``_SUM``.
+    count : int
+        Elements the collective will move on this rank.
+    digest : int
+        ``_digest`` of the buffers' layout (names, shapes, dtypes), in [0, 2**62).
+    details : callable
+        Returns a dict label -> value describing the layout; called only on a mismatch.
+    error : Exception, optional
+        A local failure while preparing the buffers: this rank re-raises it, the others raise
+        ``exc_type`` naming it, and no rank runs the collective.
+    extra : int
+        One more field that must agree (the root of a broadcast, a "parameters replaced" flag).
+    exc_type : type
+        The exception raised for a mismatch.
+    """
+    if comm.Get_size() == 1:
+        if error is not None:
+            raise error
+        return
+    MPI = _mpi()
+    head = [operation, int(error is not None), count, digest, extra]
+    buf = np.array(head + [-v for v in head], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MIN)
+    low = buf.tolist()
+    if low[1] == 0 and low[:_HEADER] == [-v for v in low[_HEADER:]]:
+        return  # min == max for every field: the same on every rank
+    # Every rank got the same minima and maxima, so every rank is here: one more collective is safe.
+    try:
+        mine = dict(details())
+    except Exception as exc:  # describing must not fail on one rank alone
+        mine = {"layout": f"not available ({type(exc).__name__}: {exc})"}
+    mine = {"operation": operation, "error": None if error is None else f"{type(error).__name__}: {error}",
+            "details": mine}
+    everyone = comm.allgather(mine)
+    rank = comm.Get_rank()
+    if error is not None:
+        raise error
+    where = f"(raised on rank {rank} of {comm.Get_size()})"
+    failed = [(r, e["error"]) for r, e in enumerate(everyone) if e["error"] is not None]
+    if failed:
+        r, msg = failed[0]
+        raise exc_type(f"{func}: rank {r} failed before {_OPERATIONS[everyone[r]['operation']]}, so no rank "
+                       f"ran it: {msg} {where}")
+    ops = [e["operation"] for e in everyone]
+    r = next(r for r, e in enumerate(everyone) if e != everyone[0])
+    if ops[r] != ops[0]:
+        raise exc_type(f"{func}: the ranks are out of step: rank 0 is in {_OPERATIONS[ops[0]]}, rank {r} in "
+                       f"{_OPERATIONS[ops[r]]}; every rank must make the same calls in the same order (the same "
+                       f"number of steps: same dataset size, batch size and epochs everywhere) {where}")
+    a, b = everyone[0]["details"], everyone[r]["details"]
+    diffs = [_first_difference(k, a.get(k), b.get(k), r) for k in list(a) + [k for k in b if k not in a]
+             if a.get(k) != b.get(k)]
+    raise exc_type(f"{func}: rank {r} does not match rank 0 for {_OPERATIONS[operation]}: {'; '.join(diffs)}; "
+                   f"{_HINTS[operation]} {where}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +406,8 @@ def allreduce_sum(values, comm=None):
     Parameters
     ----------
     values : array_like of float, shape (k,)
-        The same length on every rank.
+        The same length on every rank (checked first: a different length, or a rank whose
+        ``values`` are not numbers, raises on every rank).
     comm : mpi4py.MPI.Comm, optional
 
     Returns
@@ -307,7 +416,19 @@ def allreduce_sum(values, comm=None):
         Identical on every rank.
     """
     comm = get_comm(comm)
-    buf = np.array(values, dtype=np.float64, copy=True).reshape(-1)
+    buf, error = None, None
+    try:
+        buf = np.array(values, dtype=np.float64, copy=True).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        error = TypeError(f"allreduce_sum: values must be a vector of numbers, got {values!r} ({exc})")
+    return _sum(buf, comm, "allreduce_sum", None, error)
+
+
+def _sum(buf, comm, func, names, error=None):
+    """Agree on the length (and ``names``) of the vector ``buf`` over the ranks, then sum it in place."""
+    count = 0 if buf is None else buf.size
+    _agree(comm, func, _SUM, count, _digest(names),
+           lambda: {"number of values": count, "metric names": names}, error)
     if comm.Get_size() > 1:
         comm.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
     return buf
@@ -319,7 +440,8 @@ def reduce_metrics(metrics, comm=None):
     Parameters
     ----------
     metrics : mapping of str to float
-        The same keys on every rank (they are sorted, so the order need not match).
+        The same keys on every rank (they are sorted, so the order need not match; different
+        keys raise on every rank).
     comm : mpi4py.MPI.Comm, optional
 
     Returns
@@ -332,43 +454,60 @@ def reduce_metrics(metrics, comm=None):
     >>> totals = reduce_metrics({"loss_sum": loss * n, "correct": c, "count": n})
     >>> accuracy = totals["correct"] / totals["count"]
     """
-    if not hasattr(metrics, "items"):
-        raise TypeError(f"reduce_metrics: metrics must be a mapping of names to numbers, "
-                        f"got {type(metrics).__name__}")
-    keys = sorted(metrics)
+    comm = get_comm(comm)
+    keys, buf, error = None, None, None
     try:
-        vals = [float(metrics[k]) for k in keys]
-    except (TypeError, ValueError):
-        raise TypeError(f"reduce_metrics: every metric must be a number, got {dict(metrics)!r}") from None
-    sums = allreduce_sum(vals, comm)
+        if not hasattr(metrics, "items"):
+            raise TypeError(f"reduce_metrics: metrics must be a mapping of names to numbers, "
+                            f"got {type(metrics).__name__}")
+        keys = sorted(metrics)
+        try:
+            buf = np.array([float(metrics[k]) for k in keys], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"reduce_metrics: every metric must be a number, got {dict(metrics)!r}") from None
+    except Exception as exc:  # raised on every rank by _sum, not only here
+        error = exc
+    sums = _sum(buf, comm, "reduce_metrics", [str(k) for k in keys or ()], error)
     return OrderedDict(zip(keys, sums.tolist()))
 
 
 # ---------------------------------------------------------------------------------------------
 # the model wrapper
 # ---------------------------------------------------------------------------------------------
+def _check_grad(name, p, func):
+    """The gradient must have the parameter's shape (a broadcastable one would be silently spread)."""
+    g = p.grad
+    if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
+        what = f"shape {g.shape}" if isinstance(g, np.ndarray) else type(g).__name__
+        raise ValueError(f"{func}: the gradient of parameter {name!r} must be an array of its shape "
+                         f"{p.data.shape}, got {what}")
+
+
 class _Bucket:
     """One contiguous gradient buffer of a single dtype and the parameters whose grads view it."""
 
-    __slots__ = ("dtype", "buffer", "params", "views")
+    __slots__ = ("dtype", "buffer", "params", "names", "views")
 
-    def __init__(self, dtype, params):
+    def __init__(self, dtype, params, names, func):
         self.dtype = dtype
         self.params = params
+        self.names = names
         self.buffer = np.zeros(sum(p.data.size for p in params), dtype=dtype)
         self.views = []
         off = 0
-        for p in params:
+        for name, p in zip(names, params):
+            _check_grad(name, p, func)
             v = self.buffer[off:off + p.data.size].reshape(p.data.shape)
             v[...] = p.grad
             p.grad = v
             self.views.append(v)
             off += p.data.size
 
-    def attach(self):
+    def attach(self, func):
         """Make every ``p.grad`` the bucket's view again (copying a rebound array in)."""
-        for p, v in zip(self.params, self.views):
+        for name, p, v in zip(self.names, self.params, self.views):
             if p.grad is not v:
+                _check_grad(name, p, func)
                 v[...] = p.grad
                 p.grad = v
 
@@ -401,14 +540,20 @@ class DistributedDataParallel(Module):
         The wrapped model (save ``ddp.module`` to get the plain model's ``state_dict`` keys).
     rank, world_size : int
     allreduce_times : list of float
-        Seconds spent in the gradient ``Allreduce`` calls, one entry per synchronisation (step).
+        Seconds spent in the gradient ``Allreduce`` calls (with the small check before them), one
+        entry per synchronisation (step).
 
     Notes
     -----
     Gradients are averaged (summed then divided by ``world_size``), which matches a mean-reduced
     loss over the union of equal-sized per-rank batches. Use ``no_sync()`` to accumulate local
-    gradients over several backward passes before one synchronised pass. Parameters must not be
-    added or removed after wrapping.
+    gradients over several backward passes before one synchronised pass.
+
+    Change the model after wrapping on every rank alike or not at all. Before each collective the
+    ranks compare their parameter names, shapes and dtypes and their buckets (one small fixed-size
+    ``Allreduce``); a model converted or changed on some ranks only raises RuntimeError on every
+    rank. Layers replaced on every rank get their new weights broadcast only by
+    ``broadcast_parameters()``; replacing them on some ranks only is refused like the rest.
 
     Examples
     --------
@@ -420,59 +565,73 @@ class DistributedDataParallel(Module):
 
     def __init__(self, module, comm=None, bucket_cap_mb=25.0, broadcast_parameters=True):
         func = "DistributedDataParallel"
-        if not isinstance(module, Module):
-            raise TypeError(f"{func}: module must be a cnnext.nn.Module, got {type(module).__name__}")
-        bucket_cap_mb = check_float(bucket_cap_mb, "bucket_cap_mb", func, minimum=0.0, open_min=True)
         super().__init__()
-        self.module = module
         self.comm = get_comm(comm)
         self.rank = self.comm.Get_rank()
         self.world_size = self.comm.Get_size()
-        self.bucket_cap_bytes = int(bucket_cap_mb * 2 ** 20)
         self.allreduce_times = []
         self._sync = True
-        self._buckets = []
-        self._layout = None
-        self._check_same_model()
-        self._build_buckets()
+        self._buckets, self._layout, self._replaced = [], None, False
+        self._numel, self._layout_digest, self._description = 0, 0, {}
+        error = None
+        try:  # a failure here on one rank is raised on every rank by _agree (the others would hang)
+            if not isinstance(module, Module):
+                raise TypeError(f"{func}: module must be a cnnext.nn.Module, got {type(module).__name__}")
+            bucket_cap_mb = check_float(bucket_cap_mb, "bucket_cap_mb", func, minimum=0.0, open_min=True)
+            self.bucket_cap_bytes = int(bucket_cap_mb * 2 ** 20)
+            self.module = module
+            self._build_buckets(func)
+        except Exception as exc:
+            error = exc
+        # the same names, shapes, dtypes and buckets on every rank
+        _agree(self.comm, func, _WRAP, self._numel, self._layout_digest, lambda: self._description, error,
+               exc_type=ValueError)
+        self._replaced = False
         if broadcast_parameters:
             self.broadcast_parameters()
 
     # -- setup ------------------------------------------------------------------------------
-    def _signature(self):
-        return [(name, tuple(p.data.shape), p.data.dtype.str) for name, p in self.module.named_parameters()]
-
-    def _check_same_model(self):
-        sig = self._signature()
-        if self.world_size == 1:
-            return
-        all_sigs = self.comm.allgather(sig)  # every rank compares, so every rank raises alike
-        for r, s in enumerate(all_sigs):
-            if s != all_sigs[0]:
-                raise ValueError(f"DistributedDataParallel: the model on rank {r} differs from rank 0's "
-                                 f"(parameters {s} vs {all_sigs[0]}); build the same model on every rank")
-
     def _layout_key(self):
-        return tuple((id(p), p.data.shape, p.data.dtype.str) for p in self.module.parameters())
+        return tuple((id(p), p.data.shape, p.data.dtype) for p in self.module.parameters())
 
-    def _build_buckets(self):
+    def _build_buckets(self, func):
+        self._layout = None  # until the new buckets are complete: a failure rebuilds next time
+        named = list(self.module.named_parameters())
+        key = tuple((id(p), p.data.shape, p.data.dtype) for _, p in named)
         # Reverse registration order: the last layers' gradients come first in backward.
-        params = list(self.module.parameters())[::-1]
+        rev = named[::-1]
         buckets = []
-        for dt in sorted({p.data.dtype.str for p in params}):
+        for dt in sorted({p.data.dtype.str for _, p in rev}):
             group, nbytes = [], 0
-            for p in params:
+            for item in rev:
+                p = item[1]
                 if p.data.dtype.str != dt:
                     continue
                 if group and nbytes + p.data.nbytes > self.bucket_cap_bytes:
-                    buckets.append(_Bucket(np.dtype(dt), group))
+                    buckets.append(_Bucket(np.dtype(dt), [q for _, q in group], [n for n, _ in group], func))
                     group, nbytes = [], 0
-                group.append(p)
+                group.append(item)
                 nbytes += p.data.nbytes
             if group:
-                buckets.append(_Bucket(np.dtype(dt), group))
+                buckets.append(_Bucket(np.dtype(dt), [q for _, q in group], [n for n, _ in group], func))
+        desc = {"number of parameters": len(named),
+                "parameter dtypes": [f"{n}: {p.data.dtype.name}" for n, p in named],
+                "parameter shapes": [f"{n}: {tuple(p.data.shape)}" for n, p in named],
+                "gradient elements": int(sum(p.data.size for _, p in named)),
+                "gradient buckets (dtype x elements)": [f"{b.dtype.name} x {b.buffer.size}" for b in buckets]}
         self._buckets = buckets
-        self._layout = self._layout_key()
+        self._description = desc
+        self._numel = desc["gradient elements"]
+        self._layout_digest = _digest(desc)
+        self._layout = key
+        self._replaced = True
+
+    def _refresh(self, func):
+        """Rebuild the buckets if the parameters were converted (``to``) or replaced; re-attach the grads."""
+        if self._layout != self._layout_key():
+            self._build_buckets(func)
+        for b in self._buckets:
+            b.attach(func)
 
     @property
     def buckets(self):
@@ -480,7 +639,23 @@ class DistributedDataParallel(Module):
         return [(b.dtype, len(b.params), b.nbytes) for b in self._buckets]
 
     def broadcast_parameters(self, root=0):
-        """Copy the parameters of rank ``root`` to every rank (one ``Bcast`` per bucket)."""
+        """Copy the parameters of rank ``root`` to every rank (one ``Bcast`` per bucket).
+
+        Every rank must hold the same parameter names, shapes and dtypes (checked first, raising
+        on every rank); call it on every rank, e.g. after changing the model alike everywhere.
+        """
+        func = "DistributedDataParallel.broadcast_parameters"
+        error = None
+        try:
+            root = check_int(root, "root", func, minimum=0)
+            if root >= self.world_size:
+                raise ValueError(f"{func}: root must be in [0, world_size={self.world_size}), got {root}")
+            self._refresh(func)
+        except Exception as exc:
+            error = exc
+        _agree(self.comm, func, _BCAST, self._numel, self._layout_digest,
+               lambda: dict(self._description, root=root), error, extra=root if error is None else 0)
+        self._replaced = False  # the weights are the same everywhere again
         if self.world_size == 1:
             return
         for b in self._buckets:
@@ -517,16 +692,27 @@ class DistributedDataParallel(Module):
         return g
 
     def sync_gradients(self):
-        """Average every parameter gradient over the ranks in place; return the seconds spent."""
-        if self._layout != self._layout_key():  # parameters converted (``to``) or replaced
-            self._build_buckets()
-        for b in self._buckets:
-            b.attach()
+        """Average every parameter gradient over the ranks in place; return the seconds spent.
+
+        First one small fixed-size ``Allreduce`` checks that every rank's gradient buffers match
+        (the parameters' names, shapes and dtypes, and the buckets): a model converted or changed
+        on some ranks only after wrapping, or a rank whose gradients cannot be gathered, raises
+        RuntimeError (or that rank's own error) on every rank instead of aborting the MPI job.
+        """
+        func = "DistributedDataParallel.sync_gradients"
+        error = None
+        try:
+            self._refresh(func)
+        except Exception as exc:
+            error = exc
+        t0 = time.perf_counter()
+        _agree(self.comm, func, _GRADS, self._numel, self._layout_digest, self._grad_details, error,
+               extra=int(self._replaced))
+        self._replaced = False
         if self.world_size == 1:
             self.allreduce_times.append(0.0)
             return 0.0
         MPI = _mpi()
-        t0 = time.perf_counter()
         for b in self._buckets:
             self.comm.Allreduce(MPI.IN_PLACE, b.buffer, op=MPI.SUM)
         elapsed = time.perf_counter() - t0
@@ -534,6 +720,10 @@ class DistributedDataParallel(Module):
             b.buffer /= self.world_size
         self.allreduce_times.append(elapsed)
         return elapsed
+
+    def _grad_details(self):
+        return dict(self._description, **{"parameters replaced or converted since the last synchronisation":
+                                          "yes" if self._replaced else "no"})
 
     @contextlib.contextmanager
     def no_sync(self):

@@ -3,8 +3,7 @@ import copy
 
 import numpy as np
 
-from cnnext._validation import as_float_array
-
+from cnnext._validation import as_float_array, check_bool, check_float
 from cnnext.nn.module import Module
 
 __all__ = ["gradcheck", "GradcheckError"]
@@ -67,9 +66,10 @@ def gradcheck(module, x, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception
     """
     if not isinstance(module, Module):
         raise TypeError(f"gradcheck: module must be a cnnext.nn.Module, got {type(module).__name__}")
-    eps = float(eps)
-    if not eps > 0:
-        raise ValueError(f"gradcheck: eps must be > 0, got {eps}")
+    eps = check_float(eps, "eps", "gradcheck", minimum=0, open_min=True)
+    atol = check_float(atol, "atol", "gradcheck", minimum=0)
+    rtol = check_float(rtol, "rtol", "gradcheck", minimum=0)
+    raise_exception = check_bool(raise_exception, "raise_exception", "gradcheck")
     m = copy.deepcopy(module).to(np.float64)
     x = np.array(as_float_array(x, "input", "gradcheck", ndims=range(0, 33), dtype=np.float64), copy=True)
     gens = _rng_states(m)

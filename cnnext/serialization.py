@@ -29,7 +29,7 @@ import numpy as np
 
 from cnnext._version import __version__
 from cnnext import models, nn
-from cnnext._validation import check_int
+from cnnext._validation import check_bool, check_int
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -90,6 +90,8 @@ def save(model, path, metadata=None):
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnext.save: model must be a cnnext.nn.Module, got {type(model).__name__}")
+    if metadata is not None and not isinstance(metadata, dict):  # load() reads back an object only
+        raise TypeError(f"cnnext.save: metadata must be a dict or None, got {type(metadata).__name__}")
     path = os.fspath(path)
     target = save_target(path)
     meta = {
@@ -359,6 +361,7 @@ def load(path, return_metadata=False, max_bytes=_MAX_BYTES):
         When the file is not a valid cnnext model (truncated, wrong version, wrong keys or shapes,
         pickled objects, sizes over ``max_bytes`` ...).
     """
+    return_metadata = check_bool(return_metadata, "return_metadata", "cnnext.load")
     path = os.fspath(path)
     max_bytes = check_int(max_bytes, "max_bytes", "cnnext.load", minimum=0)
     if not os.path.exists(path):

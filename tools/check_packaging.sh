@@ -299,15 +299,15 @@ step_stubtest() {
 }
 
 # run_suite VENV LABEL: show_config (OpenMP must be compiled in), then the suite, from a scratch
-# directory holding only copies of tests/, benchmarks/ (for the benchmark smoke test) and
-# pyproject.toml (the pytest settings), as cibuildwheel's test-sources: cnnext can only come from
-# the venv's site-packages.
+# directory holding only copies of tests/, benchmarks/ (for the benchmark smoke test),
+# pyproject.toml (the pytest settings) and README.md (its examples are tests), as cibuildwheel's
+# test-sources: cnnext can only come from the venv's site-packages.
 run_suite() {
     local venv=$1 label=$2 run=$WORK/run-$2
     mkdir -p "$run"
     cp -R "$SRC/tests" "$run/tests"
     if [ -d "$SRC/benchmarks" ]; then cp -R "$SRC/benchmarks" "$run/benchmarks"; fi
-    cp "$SRC/pyproject.toml" "$run/"
+    cp "$SRC/pyproject.toml" "$SRC/README.md" "$run/"
     (cd "$run" && "$venv/bin/python" - "$venv") <<'EOF'
 import os, sys
 import cnnext

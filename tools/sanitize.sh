@@ -196,7 +196,9 @@ for variant in $variants; do
     run_sanitized "$tree" "$logs" "${pytest_args[@]}" >"$logs/pytest.log" 2>&1
     status=$?
     set -e
-    result_tests[$variant]="exit $status: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error).* in ' "$logs/pytest.log" | tail -1 | tr -d '=' | sed 's/^ *//')"
+    # || true: a run stopped by a sanitizer may leave no summary line, and grep's failure must not end
+    # the script (set -e, pipefail) before it reports
+    result_tests[$variant]="exit $status: $( { grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error).* in ' "$logs/pytest.log" || true; } | tail -1 | tr -d '=' | sed 's/^ *//')"
     reports=$(report_files "$logs")
     n_reports=0
     if [ -n "$reports" ]; then

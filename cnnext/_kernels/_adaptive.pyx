@@ -6,9 +6,10 @@
 # when H is not a multiple of Ho, and with Ho > H an input row belongs to several bins. Every kernel
 # parallelises over the planes with `prange`: a thread owns whole planes, so the result is bitwise
 # identical for every thread count.
-#  - Average: each bin's sum in double (4 interleaved lanes along each bin row, combined in a
-#    fixed order), divided by the bin's area. Backward zeroes the plane, then adds each output
-#    gradient / area to its bin, bins in (row, column) order.
+#  - Average: each bin's sum in double (4 interleaved lanes along each bin row, or along the whole
+#    bin when it spans full rows, combined in a fixed order), divided by the bin's area. Backward
+#    zeroes the plane, then adds each output gradient / area to its bin, bins in (row, column)
+#    order.
 #  - Max: each bin scanned row by row; an element replaces the running maximum when it is greater
 #    or NaN (PyTorch's rule: the first maximum, or the last NaN), the index is the flat position
 #    h*W + w in the plane, and a bin of -inf keeps its first position. Backward is a scatter-add
@@ -58,9 +59,12 @@ cdef void _avg_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
         for ow in range(Wo):
             ws = _start(ow, W, Wo)
             we = _end(ow, W, Wo)
-            acc = 0
-            for ih in range(hs, he):
-                acc = acc + _row_sum(x + ih * W + ws, we - ws)
+            if ws == 0 and we == W:  # full-width bins (global pooling): one contiguous run
+                acc = _row_sum(x + hs * W, (he - hs) * W)
+            else:
+                acc = 0
+                for ih in range(hs, he):
+                    acc = acc + _row_sum(x + ih * W + ws, we - ws)
             y[oh * Wo + ow] = <floating>(acc / <double>((he - hs) * (we - ws)))
 
 

@@ -234,14 +234,14 @@ def direct_grad_input(const floating[:, :, :, ::1] gy, const floating[:, :, :, :
                             ih = oh * sh - pt + ki * dh
                             if ih < 0 or ih >= H:
                                 continue
-                            dst = &gx[n, c, ih, 0] + off
+                            dst = &gx[n, c, ih, 0]  # indexed by off + ow * sw, in [0, W)
                             src = &gy[n, k, oh, 0]
                             if sw == 1:
                                 for ow in range(lo, hi):
-                                    dst[ow] += wv * src[ow]
+                                    dst[off + ow] += wv * src[ow]
                             else:
                                 for ow in range(lo, hi):
-                                    dst[ow * sw] += wv * src[ow]
+                                    dst[off + ow * sw] += wv * src[ow]
 
 
 cdef inline floating _plane_sum(const floating* a, Py_ssize_t N, Py_ssize_t sample,
@@ -320,9 +320,10 @@ def pad_planes(const floating[:, :, :, ::1] a, floating[:, :, :, ::1] out, Py_ss
                     if i - top < 0 or i - top >= H:
                         memset(dst, 0, Wp * sizeof(floating))
                         continue
-                    src = &a[n, c, i - top, 0] - left
+                    src = &a[n, c, i - top, 0]  # column j of out is column j - left of a
                     memset(dst, 0, lo * sizeof(floating))
-                    memcpy(dst + lo, src + lo, (hi - lo) * sizeof(floating))
+                    if hi > lo:
+                        memcpy(dst + lo, src + (lo - left), (hi - lo) * sizeof(floating))
                     memset(dst + hi, 0, (Wp - hi) * sizeof(floating))
 
 
@@ -374,7 +375,7 @@ cdef floating* _padded_copy(const floating[:, :, :, ::1] a, Py_ssize_t top, Py_s
                     for i in range(H):
                         r = i + top
                         if 0 <= r < Hp:
-                            memcpy(buf + ((n * C + c) * Hp + r) * Wp + j0 + left, &a[n, c, i, j0],
+                            memcpy(buf + (((n * C + c) * Hp + r) * Wp + j0 + left), &a[n, c, i, j0],
                                    (j1 - j0) * sizeof(floating))
     return buf
 

@@ -43,17 +43,20 @@ cdef void im2col_row(const floating* x, floating* out, Py_ssize_t nc, Py_ssize_t
                 for ow in range(Wo):
                     dst[ow] = 0
                 continue
-            src = plane + ih * W + off
+            # the row itself, indexed by off + ow * sw (in [0, W) for ow in [lo, hi)): a pointer
+            # row + off would point outside the array when off is negative (UB, and with a
+            # padding of 2**59 it wraps around the address space)
+            src = plane + ih * W
             # plain loops, not memcpy/memset: rows are often short (8-16 values), where a library
             # call per row costs more than the copy (benchmarks/README.md, "Design measurements")
             for ow in range(lo):
                 dst[ow] = 0
             if sw == 1:
                 for ow in range(lo, hi):
-                    dst[ow] = src[ow]
+                    dst[ow] = src[off + ow]
             else:
                 for ow in range(lo, hi):
-                    dst[ow] = src[ow * sw]
+                    dst[ow] = src[off + ow * sw]
             for ow in range(hi, Wo):
                 dst[ow] = 0
 
@@ -76,13 +79,13 @@ cdef void col2im_plane(const floating* cols, floating* dx, Py_ssize_t ncols, Py_
                 ih = oh * sh - pt + ki * dh
                 if ih < 0 or ih >= H:
                     continue
-                dst = dx + ih * W + off
+                dst = dx + ih * W  # indexed by off + ow * sw, in range (see im2col_row)
                 if sw == 1:
                     for ow in range(lo, hi):
-                        dst[ow] += src[oh * Wo + ow]
+                        dst[off + ow] += src[oh * Wo + ow]
                 else:
                     for ow in range(lo, hi):
-                        dst[ow * sw] += src[oh * Wo + ow]
+                        dst[off + ow * sw] += src[oh * Wo + ow]
 
 
 def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssize_t n0,

@@ -2,15 +2,18 @@
 # ------
 # Batch normalisation over an input viewed as (N, C, S): S = L or H*W (1 for (N, C) input), channel
 # c's M = N*S values being the N contiguous runs x[n, c, :]. Every kernel parallelises with
-# `prange` over channels (S > 1) or blocks of BLOCK channels (S == 1, where a channel's values are
-# C apart and a row of the block is contiguous): a thread owns whole channels, reduces them and
-# writes their outputs, so no two threads touch the same data, and a channel's sums are always
-# added in the same order, whichever thread computes them: results are bitwise identical for every
-# thread count.
+# `prange` over groups of channels: a thread owns whole channels, reduces them and writes their
+# outputs, so no two threads touch the same data. Inside a group the runs are visited in memory
+# order (n outer, channel inner: long contiguous spans, which the hardware prefetches well) and a
+# second sweep goes backwards (the runs read last are the ones still in cache). A group holds as
+# many channels as fit in GROUP_BYTES, at most C / num_threads; for S == 1 a group is a block of
+# BLOCK channels, whose rows are contiguous. Whatever the grouping, each channel's sums see its
+# runs in the order n = 0, 1, ..., so results are bitwise identical for every thread count.
 #
 # Every sum runs in double, in the fixed interleaved lanes of the C helpers in _norm.h, which the
 # C compiler vectorises (a single running sum would be bound by the latency of one add per element,
-# and the compiler may not reorder floating-point sums by itself).
+# and the compiler may not reorder floating-point sums by itself); on x86-64 their AVX2 build is
+# picked at import where the CPU has it, with the same results as the baseline build.
 #
 # Training forward: the batch statistics, then y = x * a + b with a = invstd * gamma and
 # b = beta - mean * a (computed in double per channel; the elementwise work in the input's

@@ -157,9 +157,9 @@ cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx,
                 # windows ow in [lo, hi) have this tap inside the plane: 0 <= ow*sw + off < W
                 lo = first_valid(off, sw, Wo)
                 hi = end_valid(off, W, sw, Wo, lo)
-                src = x + ih * W + off
+                src = x + ih * W  # indexed by off + ow * sw, in [0, W): no pointer outside x
                 for ow in range(lo, hi):
-                    v = src[ow * sw]
+                    v = src[off + ow * sw]
                     take = (v > yrow[ow]) | (v != v)
                     yrow[ow] = _select(take, v, yrow[ow])
                     irow[ow] = cnx_select_i(take, ih * W + ow * sw + off, irow[ow])
@@ -359,12 +359,12 @@ cdef void _max_pool_plane_separable(const floating* x, floating* y, int64_t* idx
         if ow_lo < ow_hi:
             if flat:
                 j0 = r0 * Wh + ow_lo  # window (ih, ow) is number ih * Wh + ow, at sw * it - pw
-                _fold_taps(x + j0 * sw - pw, hv + ow_lo, hp + ow_lo,
+                _fold_taps(x + (j0 * sw - pw), hv + ow_lo, hp + ow_lo,
                            (r1 - 1) * Wh + ow_hi - j0, kw, sw, <pos_t>(j0 * sw - pw))
             else:
                 for ih in range(r0, r1):
                     i = (ih - r0) * Wh + ow_lo
-                    _fold_taps(x + ih * W + ow_lo * sw - pw, hv + i, hp + i, ow_hi - ow_lo,
+                    _fold_taps(x + (ih * W + ow_lo * sw - pw), hv + i, hp + i, ow_hi - ow_lo,
                                kw, sw, <pos_t>(ih * W + ow_lo * sw - pw))
         if ow_lo > 0 or ow_hi < Wo:
             for ih in range(r0, r1):

@@ -84,7 +84,8 @@ cdef inline void copy_rows(const floating* plane, floating* buf, Py_ssize_t rows
             continue
         if lo > 0:
             memset(dst, 0, lo * sizeof(floating))
-        memcpy(dst + lo, plane + r * W + c0 + lo, (hi - lo) * sizeof(floating))
+        # one in-range index (c0 + lo >= 0): plane + r * W + c0 alone may point outside
+        memcpy(dst + lo, plane + (r * W + (c0 + lo)), (hi - lo) * sizeof(floating))
         if hi < width:
             memset(dst + hi, 0, (width - hi) * sizeof(floating))
 

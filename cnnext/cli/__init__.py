@@ -10,12 +10,15 @@ demo       the learn_dl tutorial example run on cnnext, and a timed batched conv
 One module per command (``train``, ``evaluate``, ``predict``, ``demo``; ``plot`` draws
 ``train --plot``), each with ``add_parser(subparsers)`` and ``run(args)`` over the library
 (``cnnext.training`` and friends); ``_common`` and ``_data`` hold what they share. Nothing outside
-this package (and ``cnnext.__main__``) imports it. Every command has ``--help``. Wrong arguments
-print one line on stderr and exit with status 2.
+this package (and ``cnnext.__main__``) imports it. Every command has ``--help``. Wrong arguments,
+files and sizes print one line on stderr and exit with status 2, never a traceback; see ``main``
+for the other exit statuses (141 when the output pipe is closed early).
 """
 import argparse
 import os
 import sys
+
+import numpy as np
 
 from cnnext._version import __version__
 from cnnext.cli import demo, evaluate, predict, train
@@ -53,30 +56,55 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    parser = build_parser()
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    0: done; 2: a usage error (bad argument, file or size), reported as one line on stderr; 141:
+    standard output was closed early (e.g. piped into ``head``), stopped quietly like coreutils
+    killed by SIGPIPE; 130: interrupted; 1: an internal error (a bug), reported as one line too
+    (``CNNEXT_DEBUG=1`` shows its traceback).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        try:
-            print(_DESCRIPTION)
-        except BrokenPipeError:
-            _silence_stdout()
-        return 0
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.error("a command is required: train, evaluate, predict or demo")
-    prog = f"{PROG} {args.command}"
+    prog = PROG
     try:
-        return args.run(args)
+        try:
+            parser = build_parser()
+            if not argv:
+                print(_DESCRIPTION)
+                return 0
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.error("a command is required: train, evaluate, predict or demo")
+            prog = f"{PROG} {args.command}"
+            with np.errstate(all="ignore"):  # a diverging loss is reported as such, without numpy's warnings
+                return args.run(args)
+        finally:  # also after --help: a closed pipe shows here, not at exit as "Exception ignored ..."
+            sys.stdout.flush()
+    except BrokenPipeError:  # output piped into e.g. `head`, which has exited: stop quietly
+        _silence_stdout()
+        return 141
     except (UsageError, ValueError, OSError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        _report(f"{prog}: error: {exc}")
+        return 2
+    except MemoryError as exc:
+        _report(f"{prog}: error: not enough memory ({exc or 'MemoryError'})")
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        _report(f"{prog}: interrupted")
         return 130
-    except BrokenPipeError:  # output piped into e.g. `head`
-        _silence_stdout()
+    except Exception as exc:
+        if os.environ.get("CNNEXT_DEBUG"):
+            raise
+        _report(f"{prog}: internal error: {type(exc).__name__}: {exc} (a bug in cnnext: please report it; "
+                f"CNNEXT_DEBUG=1 shows the traceback)")
         return 1
+
+
+def _report(line):
+    """Print one line on stderr: a newline in an exception's text (e.g. a path) is shown escaped."""
+    try:
+        print(line.replace("\n", "\\n"), file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed too
+        pass
 
 
 def _silence_stdout():

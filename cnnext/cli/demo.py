@@ -4,7 +4,16 @@ import time
 import numpy as np
 
 from cnnext._version import __version__
-from cnnext.cli._common import UsageError, positive_int
+from cnnext.cli._common import UsageError, check_memory, positive_int, threads
+
+# the timed convolution: x (N, C, H, W), weight (K, C, 3, 3), padding 1
+C, H, W, K = 32, 32, 32, 64
+
+
+def conv_bytes(n):
+    """Estimated memory of the timed convolution on a batch of ``n``: the input and its gradient,
+    the output, its gradient and the one being recomputed (float32)."""
+    return 4 * n * (2 * C * H * W + 3 * K * H * W)
 
 
 def add_parser(sub):
@@ -12,7 +21,7 @@ def add_parser(sub):
                        description="Run hanbt's learn_dl CNN tutorial example (init_test, backward, update, "
                                    "gradient check, max pooling) on cnnext's learn_dl API and print its "
                                    "results, then time a batched conv2d forward+backward.")
-    d.add_argument("--threads", type=positive_int, default=None,
+    d.add_argument("--threads", type=threads, default=None,
                    help="threads for the timed convolution (default: cnnext's default)")
     d.add_argument("--repeat", type=positive_int, default=5, help="timing repetitions (default 5)")
     d.add_argument("--batch", type=positive_int, default=64,
@@ -28,6 +37,7 @@ def run(args):
         from cnnext import ConvLayer, IdentityActivator, MaxPoolingLayer
     except ImportError as exc:
         raise UsageError(f"the learn_dl API is not available in this build ({exc})") from None
+    check_memory(conv_bytes(args.batch), f"--batch {args.batch}", "use a smaller --batch")
     np.set_printoptions(precision=4, suppress=True)
     print(f"cnnext {__version__}: the learn_dl CNN tutorial example, run on cnnext's learn_dl API\n")
     a = np.array([[[0, 1, 1, 0, 2], [2, 2, 2, 2, 1], [1, 0, 0, 2, 0], [0, 1, 1, 0, 0], [1, 2, 0, 0, 2]],
@@ -87,7 +97,7 @@ def run(args):
 
     if args.threads is not None:
         cnnext.set_num_threads(args.threads)
-    N, C, H, W, K = args.batch, 32, 32, 32, 64
+    N = args.batch
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
     wt = rng.standard_normal((K, C, 3, 3), dtype=np.float32)

@@ -3,8 +3,8 @@ import time
 
 import numpy as np
 
-from cnnext.cli._common import positive_int, set_threads
-from cnnext.cli._data import add_model_arguments, load_model, load_test_split
+from cnnext.cli._common import UsageError, positive_int, set_threads
+from cnnext.cli._data import add_model_arguments, check_outputs, load_model, load_test_split, model_outputs
 
 
 def add_parser(sub):
@@ -24,13 +24,17 @@ def run(args):
     set_threads(args.threads)
     model, meta = load_model(args.model)
     (X, y), source = load_test_split(meta, args.data, args.model)
+    n_classes = model_outputs(model, X[:1], args.model).shape[1]  # a classifier taking these images?
+    if y.max() >= n_classes:
+        raise UsageError(f"MODEL {args.model} outputs {n_classes} class scores, but the labels of the test "
+                         f"split of {source} go up to {int(y.max())}")
     t0 = time.perf_counter()
     res = evaluate(model, DataLoader(X, y, batch_size=args.batch_size), nn.CrossEntropyLoss(),
                    return_outputs=True)
     elapsed = time.perf_counter() - t0
     logits = res["outputs"]
+    check_outputs(logits, X.shape[0], args.model)
     pred = logits.argmax(axis=1)
-    n_classes = logits.shape[1]
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
     print(f"model {args.model}: {sum(p.size for p in model.parameters()):,} parameters")

@@ -1,8 +1,8 @@
 """``cnnext predict MODEL``: predictions of a saved model for test images or an .npy file."""
 import numpy as np
 
-from cnnext.cli._common import UsageError, positive_int, set_threads
-from cnnext.cli._data import add_model_arguments, load_model, load_test_split
+from cnnext.cli._common import UsageError, check_input_file, path_arg, positive_int, set_threads
+from cnnext.cli._data import add_model_arguments, load_model, load_test_split, model_outputs
 
 
 def add_parser(sub):
@@ -11,35 +11,52 @@ def add_parser(sub):
                                    "the images of an .npy file given with --input: shape (N, H, W) or "
                                    "(N, 1, H, W), values scaled as in training, [0, 1]).")
     add_model_arguments(p)
-    p.add_argument("--input", metavar="FILE.npy", default=None, help="images to classify")
+    p.add_argument("--input", metavar="FILE.npy", type=path_arg, default=None, help="images to classify")
     p.add_argument("--count", type=positive_int, default=10, help="number of test images to show (default 10)")
     p.set_defaults(run=run)
 
 
 def _ascii(img):
+    """Rows of text drawing a 2-D image of finite values, darker characters for larger values."""
     shades = " .:-=+*#%@"
     img = np.asarray(img, dtype=np.float64)
-    span = img.max() - img.min()
-    q = np.zeros(img.shape, dtype=int) if span == 0 else ((img - img.min()) / span * 9).round().astype(int)
+    lo, span = img.min(), img.max() - img.min()
+    q = np.zeros(img.shape, dtype=int) if not span > 0 else ((img - lo) / span * 9).round().astype(int)
+    q = np.clip(q, 0, len(shades) - 1)
     return ["".join(shades[v] * 2 for v in row) for row in q]
 
 
 def _read_input(path, shape):
-    try:
-        X = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    """The images of ``--input``: a real-valued .npy array of shape (N, H, W) or (N, C, H, W), N >= 1,
+    finite once in float32; ``shape`` (C, H, W) from the model's metadata, or None."""
+    check_input_file(path, "--input")
+    try:  # memory-mapped: a header declaring more data than the file holds is refused, not allocated
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise UsageError(f"--input {path}: cannot read it as an .npy array ({exc})") from None
+    if not isinstance(X, np.ndarray):  # an .npz archive
+        X.close()
+        raise UsageError(f"--input {path}: is an .npz archive; --input takes one array saved with numpy.save (.npy)")
+    if X.dtype.kind not in "biuf":
+        raise UsageError(f"--input {path}: holds {X.dtype} values; expected real numbers (float or integer)")
+    given = X.shape
     if X.ndim == 3:
         X = X[:, None]
     if X.ndim != 4 or (shape is not None and list(X.shape[1:]) != list(shape)):
-        want = f"(N, {shape[1]}, {shape[2]}) or (N, {', '.join(map(str, shape))})" if shape else "(N, 1, H, W)"
-        raise UsageError(f"--input {path}: expected an array of shape {want}, got {X.shape}")
-    return X.astype(np.float32)
+        want = f"(N, {shape[1]}, {shape[2]}) or (N, {', '.join(map(str, shape))})" if shape else "(N, H, W) or (N, C, H, W)"
+        raise UsageError(f"--input {path}: expected an array of shape {want}, got {given}")
+    if X.size == 0:
+        raise UsageError(f"--input {path}: holds no images (shape {given})")
+    X = np.array(X, dtype=np.float32)
+    bad = ~np.isfinite(X).reshape(X.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise UsageError(f"--input {path}: image #{int(np.argmax(bad))} holds NaN or infinite values "
+                         f"(or values beyond float32's range)")
+    return X
 
 
 def run(args):
     from cnnext.functional import softmax
-    from cnnext.training import predict
 
     set_threads(args.threads)
     model, meta = load_model(args.model)
@@ -48,7 +65,7 @@ def run(args):
     else:
         (X, y), source = load_test_split(meta, args.data, args.model)
         X, y = X[:args.count], y[:args.count]
-    probs = softmax(predict(model, X), dim=1)
+    probs = softmax(model_outputs(model, X, args.model), dim=1)
     pred = probs.argmax(axis=1)
     print(f"predictions of {args.model} for {X.shape[0]} images of {source}:")
     small = X.shape[2] * X.shape[3] <= 64

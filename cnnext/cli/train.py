@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from cnnext._version import __version__
-from cnnext.cli._common import (UsageError, check_plot_available, nonneg_float, nonneg_int, positive_float,
-                                positive_int, set_threads)
+from cnnext.cli._common import (UsageError, check_memory, check_output_file, check_plot_available, nonneg_float,
+                                nonneg_int, path_arg, positive_float, positive_int, set_threads, threads)
 from cnnext.cli._data import load_data
 from cnnext.training import Callback
 
@@ -43,9 +43,9 @@ def add_parser(sub):
                    help="learning rate schedule: cosine decay to 0 over the run (default) or constant")
     t.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the initial weights and the shuffling (default 0); same seed, same run")
-    t.add_argument("--threads", type=positive_int, default=1,
+    t.add_argument("--threads", type=threads, default=1,
                    help="threads for the kernels and BLAS (default 1: fastest for these small images)")
-    t.add_argument("--data", metavar="DIR", default=None,
+    t.add_argument("--data", metavar="DIR", type=path_arg, default=None,
                    help="train on MNIST/Fashion-MNIST IDX files in DIR instead of the embedded digits")
     t.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
                    help="which published files --download fetches and checks (default mnist)")
@@ -53,9 +53,9 @@ def add_parser(sub):
                    help="with --data: download missing IDX files into DIR (SHA-256 verified)")
     t.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="train on the first N training images only")
-    t.add_argument("--save", metavar="PATH", default=None,
+    t.add_argument("--save", metavar="PATH", type=path_arg, default=None,
                    help="where to save the model (default ./cnnext_digits.npz or ./cnnext_mnist.npz)")
-    t.add_argument("--plot", metavar="PATH", default=None,
+    t.add_argument("--plot", metavar="PATH", type=path_arg, default=None,
                    help="write a PNG of the loss/accuracy curves and first-layer filters (needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--distributed", action="store_true",
@@ -77,6 +77,52 @@ def build_model(in_shape, channels, n_classes, rng):
         nn.Conv2d(c1, c2, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(c2 * (h // 2 // 2) * (w // 2 // 2), n_classes, rng=rng),
     )
+
+
+def training_bytes(in_shape, channels, n_classes, batch):
+    """Estimated peak memory of training ``build_model``'s network with Adam on batches of ``batch``.
+
+    Parameters, gradients and two optimizer moments (4 float32 each, plus the float64 draw of the
+    initial weights), and per image the activations kept for backward, their gradients and the
+    im2col columns of both convolutions.
+    """
+    c, h, w = in_shape
+    c1, c2 = channels
+    h2, w2 = h // 2, w // 2
+    params = c1 * c * 9 + c1 + c2 * c1 * 9 + c2 + n_classes * c2 * (h2 // 2) * (w2 // 2) + n_classes
+    per_image = 3 * (c1 * h * w + c2 * h2 * w2) + 9 * (c * h * w + c1 * h2 * w2)
+    return 4 * (4 * params + 2 * params + 2 * batch * per_image)
+
+
+def check_save_path(path):
+    """Raise UsageError unless the model can be saved to ``path`` (``--save``), before any training."""
+    from cnnext.serialization import save_target
+
+    try:
+        target = save_target(path, func="--save")
+    except FileNotFoundError:
+        raise UsageError(f"--save {path}: directory {os.path.dirname(os.path.realpath(path))} "
+                         f"does not exist") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--save {path}: {exc.strerror or exc}") from None
+    check_output_file(path, "--save", target)
+
+
+def check_plot_path(path, save_path):
+    """Raise UsageError unless ``--plot path`` can be written as an image matplotlib knows."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    check_output_file(path, "--plot")
+    if os.path.realpath(path) == os.path.realpath(save_path):
+        raise UsageError(f"--plot {path}: is the file --save writes the model to")
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext and ext not in formats:
+        raise UsageError(f"--plot {path}: matplotlib cannot write .{ext} images (known: "
+                         f"{', '.join('.' + f for f in sorted(formats))})")
 
 
 def make_optimizer(name, params, lr, weight_decay):
@@ -131,10 +177,12 @@ def run(args):
         check_plot_available()
     if (args.download or args.dataset != "mnist") and args.data is None:
         raise UsageError("--download and --dataset need --data DIR")
-    save_path = args.save or ("cnnext_digits.npz" if args.data is None else "cnnext_mnist.npz")
-    save_dir = os.path.dirname(os.path.abspath(save_path))
-    if not os.path.isdir(save_dir):
-        raise UsageError(f"--save {save_path}: directory {save_dir} does not exist")
+    save_path = args.save if args.save is not None else (
+        "cnnext_digits.npz" if args.data is None else "cnnext_mnist.npz")
+    # before the data is read and the model trained (on every rank alike): a bad path is found at once
+    check_save_path(save_path)
+    if args.plot is not None:
+        check_plot_path(args.plot, save_path)
     set_threads(args.threads)
     download = args.download
     if download and comm is not None:  # one rank downloads, the others then read the verified files
@@ -146,6 +194,15 @@ def run(args):
     X, y = train
     if args.limit is not None:
         X, y = X[:args.limit], y[:args.limit]
+    if X.shape[0] == 0 or test.X.shape[0] == 0:
+        raise UsageError(f"{source} hold{'s' * (args.data is None)} {X.shape[0]} training and "
+                         f"{test.X.shape[0]} test images; training needs at least one of each")
+    n_classes = int(max(y.max(), test.y.max())) + 1
+    batch = max(min(args.batch_size, X.shape[0]), min(256, test.X.shape[0]))  # 256: the test batches
+    c1, c2 = args.channels
+    check_memory(training_bytes(X.shape[1:], args.channels, n_classes, batch),
+                 f"--channels {c1} {c2} with --batch-size {args.batch_size}",
+                 "use fewer --channels or a smaller --batch-size")
     if comm is None:
         return _train(args, X, y, test, source, meta, save_path)
     try:  # from here on, an error on one rank must stop all of them
@@ -240,7 +297,10 @@ def _train(args, X, y, test, source, meta, save_path, comm=None):
         step_ms = 1e3 * sums[2] / max(sums[1], 1)
     if lead:
         model.eval()
-        save(model, save_path, metadata=meta)
+        try:
+            save(model, save_path, metadata=meta)
+        except OSError as exc:  # e.g. the disk filled up while training: name the user's path
+            raise UsageError(f"--save {save_path}: cannot write the model ({exc.strerror or exc})") from None
     say(f"test accuracy {100 * final_acc:.2f}% ({int(round(final_acc * n_test))}/{n_test}) "
         f"after {args.epochs} epochs in {elapsed:.1f} s")
     if comm is not None:
@@ -251,7 +311,11 @@ def _train(args, X, y, test, source, meta, save_path, comm=None):
     if lead and args.plot is not None:
         from cnnext.cli.plot import plot_training
 
-        plot_training(history, model, args.plot)
+        try:
+            plot_training(history, model, args.plot)
+        except OSError as exc:
+            raise UsageError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc}); "
+                             f"the model was saved to {save_path}") from None
         say(f"plot saved to {args.plot}")
     if comm is not None:
         comm.Barrier()  # rank 0 has saved: every rank exits with the file in place

@@ -1,23 +1,21 @@
 """Minibatches over in-memory arrays, shuffled with a seed."""
 import numpy as np
 
+from cnnext._validation import check_int
+
 __all__ = ["iterate_minibatches", "DataLoader"]
 
 
-def _check(X, y, batch_size, owner):
+def _check(X, y, batch_size, func):
     X = np.asarray(X)
     if X.ndim < 1:
-        raise ValueError(f"{owner}: X must have a sample axis, got a 0-d array")
+        raise ValueError(f"{func}: X must have a sample axis, got a 0-d array")
     if y is not None:
         y = np.asarray(y)
         if y.ndim < 1 or y.shape[0] != X.shape[0]:
-            raise ValueError(f"{owner}: y must have one entry per sample of X ({X.shape[0]}), "
+            raise ValueError(f"{func}: y must have one entry per sample of X ({X.shape[0]}), "
                              f"got shape {y.shape}")
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"{owner}: batch_size must be an int, got {type(batch_size).__name__} {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"{owner}: batch_size must be >= 1, got {batch_size}")
-    return X, y, int(batch_size)
+    return X, y, check_int(batch_size, "batch_size", func, minimum=1)
 
 
 def _batches(X, y, batch_size, order):

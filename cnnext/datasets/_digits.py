@@ -4,6 +4,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from cnnext._validation import check_int
+
 __all__ = ["load_digits", "Dataset", "Split"]
 
 _PATH = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
@@ -48,10 +50,7 @@ def load_digits(test_size=360):
     Data: E. Alpaydin and C. Kaynak, Optical Recognition of Handwritten Digits, UCI Machine
     Learning Repository (1998), CC BY 4.0.
     """
-    if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, np.integer)):
-        raise TypeError(f"load_digits: test_size must be an int, got {type(test_size).__name__} {test_size!r}")
-    if not 1 <= test_size < _N_SAMPLES:
-        raise ValueError(f"load_digits: test_size must be in [1, {_N_SAMPLES - 1}], got {test_size}")
+    test_size = check_int(test_size, "test_size", "load_digits", minimum=1, maximum=_N_SAMPLES - 1)
     images, labels = _raw()
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(_N_SAMPLES)
     X = (images.astype(np.float32) / np.float32(16.0))[:, None, :, :]

@@ -11,6 +11,7 @@ import numpy as np
 from cnnext._config import threads_for
 from cnnext._kernels import _adaptive, _pool
 from cnnext._validation import (
+    as_batch,
     as_float_array,
     check_bool,
     check_input_shape,
@@ -44,10 +45,11 @@ def _output_size(output_size, H, W, func):
 
 
 def _input(input, func):
-    x = as_float_array(input, "input", func, ndims=(3, 4))
+    x, unbatched = as_batch(input, "input", func)
     if min(x.shape[-2:]) < 1:
-        raise ValueError(f"{func}: input's spatial sizes must be >= 1, got shape {x.shape}")
-    return (x[None], True) if x.ndim == 3 else (x, False)
+        shown = x.shape[1:] if unbatched else x.shape
+        raise ValueError(f"{func}: input's spatial sizes must be >= 1, got shape {shown}")
+    return x, unbatched
 
 
 def _planes(a):
@@ -93,7 +95,7 @@ def adaptive_avg_pool2d_backward(grad_output, input_shape):
         Each output gradient spread evenly over its bin; overlapping bins accumulate.
     """
     func = "adaptive_avg_pool2d_backward"
-    shape, unbatched = check_input_shape(input_shape, func)
+    shape, unbatched = check_input_shape(input_shape, "input_shape", func)
     gy = _grad_output(grad_output, shape, unbatched, input_shape, func)
     gx = np.empty(shape, dtype=gy.dtype)
     _adaptive.adaptive_avg_pool2d_backward(_planes(gy), _planes(gx), threads_for(gx.size))
@@ -163,7 +165,7 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_shape):
         Every output gradient added at its index, so overlapping bins accumulate.
     """
     func = "adaptive_max_pool2d_backward"
-    shape, unbatched = check_input_shape(input_shape, func)
+    shape, unbatched = check_input_shape(input_shape, "input_shape", func)
     gy = _grad_output(grad_output, shape, unbatched, input_shape, func)
     idx = np.asarray(indices)
     if idx.dtype.kind not in "iu":
@@ -175,6 +177,9 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_shape):
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     N, C, H, W = shape
     Ho, Wo = gy.shape[2:]
+    if Ho * Wo == 0:  # no output, no gradient
+        gx = np.zeros(shape, dtype=gy.dtype)
+        return gx[0] if unbatched else gx
     gx = np.empty(shape, dtype=gy.dtype)
     bad = _pool.max_pool2d_backward(gy.reshape(N * C, Ho * Wo), idx.reshape(N * C, Ho * Wo),
                                     gx.reshape(N * C, H * W), threads_for(gx.size), W, Wo)

@@ -4,7 +4,7 @@ They validate their arguments (``cnnext._validation.check_conv2d``) and hand the
 geometry to ``cnnext.functional._conv_dispatch``, which chooses the algorithm (im2col + GEMM, direct,
 Winograd), plans chunks within the workspace cap and calls the kernels.
 """
-from cnnext._validation import as_float_array, check_conv2d, check_shape
+from cnnext._validation import check_batch_grad, check_conv2d
 from cnnext.functional._conv_dispatch import backward_checked, forward_checked
 
 __all__ = ["conv2d", "conv2d_backward"]
@@ -55,23 +55,9 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (K,)
     """
-    return _backward("conv2d_backward", grad_output, input, weight, stride, padding, dilation,
-                     groups, need_input=True, need_weight=True)
-
-
-def _backward(func, grad_output, input, weight, stride, padding, dilation, groups,
-              need_input, need_weight):
-    """conv2d_backward with the option to skip grad_input or grad_weight (then returned as None)."""
+    func = "conv2d_backward"
     x, weight, _, g, unbatched = check_conv2d(func, input, weight, None, stride, padding,
                                               dilation, groups)
-    gy = as_float_array(grad_output, "grad_output", func, ndims=(3,) if unbatched else (4,),
-                        dtype=x.dtype)
-    check_shape(gy, g.output_shape[1:] if unbatched else g.output_shape, "grad_output", func)
-    if unbatched:
-        gy = gy[None]
-    gx, gw, gb = backward_checked(x, weight, gy, g, need_input, need_weight)
-    if unbatched and gx is not None:
-        gx = gx[0]
-    return gx, gw, gb
-
-
+    gy = check_batch_grad(grad_output, "grad_output", func, g.output_shape, unbatched, dtype=x.dtype)
+    gx, gw, gb = backward_checked(x, weight, gy, g, need_input=True, need_weight=True)
+    return (gx[0] if unbatched else gx), gw, gb

@@ -2,25 +2,17 @@
 
 The weight has PyTorch's layout ``(out_features, in_features)``, so ``y = x @ W.T + b``. Any number of
 leading dimensions is allowed on the input; they are flattened into one batch axis for the GEMM.
+
+Already-checked entry points, for layers that validated their arguments with
+``cnnext._validation.check_linear``: ``linear_checked(x, weight, bias)`` and
+``linear_backward_checked(grad_output, x, weight)``. They validate nothing; they are not part of
+the public API.
 """
 import numpy as np
 
-from cnnext._validation import as_float_array, check_shape
+from cnnext._validation import as_float_array, check_linear
 
 __all__ = ["linear", "linear_backward"]
-
-_ANY_ND = tuple(range(1, 33))
-
-
-def _check(func, input, weight):
-    x = as_float_array(input, "input", func, ndims=_ANY_ND)
-    w = as_float_array(weight, "weight", func, ndims=(2,), dtype=x.dtype)
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(
-            f"{func}: input's last dimension ({x.shape[-1]}, shape {x.shape}) must equal weight's "
-            f"in_features (weight.shape[1] = {w.shape[1]}, weight shape {w.shape})"
-        )
-    return x, w
 
 
 def linear(input, weight, bias=None):
@@ -37,15 +29,15 @@ def linear(input, weight, bias=None):
     ndarray, shape (*, out_features)
         In the input's float dtype (float64 for integer input).
     """
-    func = "linear"
-    x, w = _check(func, input, weight)
-    x2 = x.reshape(-1, x.shape[-1])
-    y = np.matmul(x2, w.T)
+    return linear_checked(*check_linear("linear", input, weight, bias))
+
+
+def linear_checked(x, weight, bias):
+    """linear for arguments checked by ``check_linear`` (bias may be None)."""
+    y = np.matmul(x.reshape(-1, x.shape[-1]), weight.T)
     if bias is not None:
-        b = as_float_array(bias, "bias", func, ndims=(1,), dtype=x.dtype)
-        check_shape(b, (w.shape[0],), "bias", func)
-        y += b
-    return y.reshape(x.shape[:-1] + (w.shape[0],))
+        y += bias
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 def linear_backward(grad_output, input, weight):
@@ -65,12 +57,18 @@ def linear_backward(grad_output, input, weight):
     grad_bias : ndarray, shape (out_features,)
     """
     func = "linear_backward"
-    x, w = _check(func, input, weight)
-    gy = as_float_array(grad_output, "grad_output", func, ndims=(x.ndim,), dtype=x.dtype)
-    check_shape(gy, x.shape[:-1] + (w.shape[0],), "grad_output", func)
+    x, w, _ = check_linear(func, input, weight)
+    gy = as_float_array(grad_output, "grad_output", func, ndims=(x.ndim,), dtype=x.dtype,
+                        shape=x.shape[:-1] + (w.shape[0],))
+    return linear_backward_checked(gy, x, w)
+
+
+def linear_backward_checked(grad_output, x, weight):
+    """linear_backward for checked arguments: x and weight from ``check_linear``, grad_output of
+    shape (*, out_features) in their dtype."""
     x2 = x.reshape(-1, x.shape[-1])
-    gy2 = gy.reshape(-1, w.shape[0])
-    gx = np.matmul(gy2, w).reshape(x.shape)
+    gy2 = grad_output.reshape(-1, weight.shape[0])
+    gx = np.matmul(gy2, weight).reshape(x.shape)
     gw = np.matmul(gy2.T, x2)
     gb = gy2.sum(axis=0)
     return gx, gw, gb

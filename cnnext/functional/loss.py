@@ -3,12 +3,24 @@
 ``cross_entropy`` fuses log-softmax and the negative log-likelihood: the logits are shifted by their
 row maximum before exponentiating, so it neither overflows nor loses the small probabilities. Each loss
 has a ``*_backward`` function giving the gradient with respect to its first argument.
-"""
-import operator
 
+Already-checked entry points, for layers that validated their arguments (with
+``cnnext._validation.check_cross_entropy`` / ``check_mse``, ``check_choice`` for the reduction and
+``check_float`` for a scalar grad_output): ``cross_entropy_checked``,
+``cross_entropy_backward_checked``, ``mse_loss_checked``, ``mse_loss_backward_checked`` and
+``dropout_checked``. They validate nothing; they are not part of the public API.
+"""
 import numpy as np
 
-from cnnext._validation import as_float_array, check_shape
+from cnnext._validation import (
+    as_float_array,
+    check_choice,
+    check_cross_entropy,
+    check_float,
+    check_int,
+    check_mse,
+    check_rng,
+)
 
 __all__ = [
     "log_softmax",
@@ -25,12 +37,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _axis(dim, ndim, func):
-    if isinstance(dim, (bool, np.bool_)) or not hasattr(dim, "__index__"):
-        raise TypeError(f"{func}: dim must be an int, got {type(dim).__name__} {dim!r}")
-    dim = operator.index(dim)
-    if not -ndim <= dim < ndim:
-        raise ValueError(f"{func}: dim must be in [{-ndim}, {ndim}) for a {ndim}-D input, got {dim}")
-    return dim % ndim
+    """``dim`` as an axis index in [0, ndim) (negative values count from the end)."""
+    return check_int(dim, "dim", func, minimum=-ndim, maximum=ndim - 1) % ndim
 
 
 def log_softmax(input, dim=1):
@@ -51,6 +59,8 @@ def log_softmax(input, dim=1):
     func = "log_softmax"
     x = as_float_array(input, "input", func, ndims=tuple(range(1, 33)))
     dim = _axis(dim, x.ndim, func)
+    if x.size == 0:  # an empty axis has no maximum; the result is empty, as in PyTorch
+        return x.copy()
     shifted = x - x.max(axis=dim, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
@@ -59,39 +69,15 @@ def softmax(input, dim=1):
     """Softmax along ``dim``, computed stably (see ``log_softmax``)."""
     func = "softmax"
     x = as_float_array(input, "input", func, ndims=tuple(range(1, 33)))
-    dim = _axis(dim, x.ndim, func)
+    return _softmax(x, _axis(dim, x.ndim, func))
+
+
+def _softmax(x, dim):
+    if x.size == 0:  # an empty axis has no maximum; the result is empty, as in PyTorch
+        return x.copy()
     e = np.exp(x - x.max(axis=dim, keepdims=True))
     e /= e.sum(axis=dim, keepdims=True)
     return e
-
-
-def _reduction(reduction, func):
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{func}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return reduction
-
-
-def _check_ce(func, input, target, reduction):
-    x = as_float_array(input, "input", func, ndims=(2,))
-    _reduction(reduction, func)
-    t = np.asarray(target)
-    if t.dtype.kind not in "iu":
-        raise TypeError(
-            f"{func}: target must hold integer class indices, got dtype {t.dtype} "
-            f"(convert labels with target.astype(np.int64))"
-        )
-    if t.ndim != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{func}: target must be 1-D with one class index per row of input "
-            f"(shape ({x.shape[0]},)), got shape {t.shape}"
-        )
-    n, c = x.shape
-    if n and (t.min() < 0 or t.max() >= c):
-        raise ValueError(
-            f"{func}: target class indices must lie in [0, {c}) for {c} classes, "
-            f"got values from {t.min()} to {t.max()}"
-        )
-    return x, t.astype(np.intp, copy=False)
 
 
 def cross_entropy(input, target, reduction="mean"):
@@ -111,7 +97,13 @@ def cross_entropy(input, target, reduction="mean"):
     numpy scalar or ndarray of shape (N,)
         In the input's float dtype. The mean of an empty batch is NaN, as in PyTorch.
     """
-    x, t = _check_ce("cross_entropy", input, target, reduction)
+    func = "cross_entropy"
+    x, t = check_cross_entropy(func, input, target)
+    return cross_entropy_checked(x, t, check_choice(reduction, "reduction", func, _REDUCTIONS))
+
+
+def cross_entropy_checked(x, t, reduction):
+    """cross_entropy for arguments checked by ``check_cross_entropy`` and a valid reduction."""
     shifted = x - x.max(axis=1, keepdims=True) if x.shape[0] else x
     lse = np.log(np.exp(shifted).sum(axis=1))
     losses = lse - shifted[np.arange(x.shape[0]), t]
@@ -123,6 +115,15 @@ def cross_entropy(input, target, reduction="mean"):
         return x.dtype.type(np.nan)
     # the mean is taken in float64: float32 losses whose sum overflows may still have a finite mean
     return x.dtype.type(losses.mean(dtype=np.float64))
+
+
+def _grad_scale(grad_output, reduction, shape, dtype, func):
+    """grad_output checked for ``reduction``: an array of the per-sample losses' ``shape`` for
+    'none', else a real number."""
+    if reduction == "none":
+        return as_float_array(grad_output, "grad_output", func, ndims=(len(shape),), dtype=dtype,
+                              shape=shape)
+    return check_float(grad_output, "grad_output", func, finite=False)
 
 
 def cross_entropy_backward(input, target, reduction="mean", grad_output=1.0):
@@ -142,27 +143,25 @@ def cross_entropy_backward(input, target, reduction="mean", grad_output=1.0):
         ``(softmax(input) - onehot(target)) * grad_output``, divided by N for 'mean'.
     """
     func = "cross_entropy_backward"
-    x, t = _check_ce(func, input, target, reduction)
-    g = softmax(x, dim=1)
+    x, t = check_cross_entropy(func, input, target)
+    check_choice(reduction, "reduction", func, _REDUCTIONS)
+    go = _grad_scale(grad_output, reduction, x.shape[:1], x.dtype, func)
+    return cross_entropy_backward_checked(x, t, reduction, go)
+
+
+def cross_entropy_backward_checked(x, t, reduction, grad_output):
+    """cross_entropy_backward for checked arguments: ``grad_output`` a float, or for 'none' an
+    (N,) array in x's dtype."""
+    g = _softmax(x, 1)
     g[np.arange(x.shape[0]), t] -= 1
     if reduction == "none":
-        go = as_float_array(grad_output, "grad_output", func, ndims=(1,), dtype=x.dtype)
-        check_shape(go, (x.shape[0],), "grad_output", func)
-        g *= go[:, None]
+        g *= grad_output[:, None]
         return g
-    scale = float(grad_output)
+    scale = grad_output
     if reduction == "mean" and x.shape[0]:
         scale /= x.shape[0]
     g *= x.dtype.type(scale)
     return g
-
-
-def _check_mse(func, input, target, reduction):
-    x = as_float_array(input, "input", func, ndims=tuple(range(0, 33)))
-    t = as_float_array(target, "target", func, ndims=tuple(range(0, 33)), dtype=x.dtype)
-    check_shape(t, x.shape, "target", func)
-    _reduction(reduction, func)
-    return x, t
 
 
 def mse_loss(input, target, reduction="mean"):
@@ -177,10 +176,16 @@ def mse_loss(input, target, reduction="mean"):
     -------
     numpy scalar, or ndarray of the input's shape for ``reduction='none'``
     """
-    x, t = _check_mse("mse_loss", input, target, reduction)
+    func = "mse_loss"
+    x, t = check_mse(func, input, target)
+    return mse_loss_checked(x, t, check_choice(reduction, "reduction", func, _REDUCTIONS))
+
+
+def mse_loss_checked(x, t, reduction):
+    """mse_loss for arguments checked by ``check_mse`` and a valid reduction."""
     sq = np.square(x - t)
     if reduction == "none":
-        return sq
+        return np.asarray(sq)  # a 0-d input gives a 0-d array, as in PyTorch
     if reduction == "sum":
         return sq.sum(dtype=x.dtype)
     if sq.size == 0:
@@ -191,14 +196,20 @@ def mse_loss(input, target, reduction="mean"):
 def mse_loss_backward(input, target, reduction="mean", grad_output=1.0):
     """Gradient of ``mse_loss`` with respect to ``input``: ``2 (input - target)``, / size for 'mean'."""
     func = "mse_loss_backward"
-    x, t = _check_mse(func, input, target, reduction)
-    g = x - t
+    x, t = check_mse(func, input, target)
+    check_choice(reduction, "reduction", func, _REDUCTIONS)
+    go = _grad_scale(grad_output, reduction, x.shape, x.dtype, func)
+    return mse_loss_backward_checked(x, t, reduction, go)
+
+
+def mse_loss_backward_checked(x, t, reduction, grad_output):
+    """mse_loss_backward for checked arguments: ``grad_output`` a float, or for 'none' an array of
+    x's shape and dtype."""
+    g = np.asarray(x - t)  # 0-d stays a 0-d array
     if reduction == "none":
-        go = as_float_array(grad_output, "grad_output", func, ndims=(x.ndim,), dtype=x.dtype)
-        check_shape(go, x.shape, "grad_output", func)
-        g *= 2 * go
+        g *= 2 * grad_output
         return g
-    scale = 2.0 * float(grad_output)
+    scale = 2.0 * grad_output
     if reduction == "mean" and x.size:
         scale /= x.size
     g *= x.dtype.type(scale)
@@ -215,8 +226,8 @@ def dropout(input, p=0.5, training=True, rng=None, return_mask=False):
         Probability of zeroing an element.
     training : bool
         When False the input is returned unchanged (and the mask is all ones).
-    rng : numpy.random.Generator, optional
-        Source of randomness; a new unseeded Generator by default.
+    rng : numpy.random.Generator or int, optional
+        Source of randomness (an int seeds a new Generator); a new unseeded Generator by default.
     return_mask : bool
         Also return the scaled mask that ``dropout_backward`` needs.
 
@@ -228,37 +239,30 @@ def dropout(input, p=0.5, training=True, rng=None, return_mask=False):
     """
     func = "dropout"
     x = as_float_array(input, "input", func, ndims=tuple(range(0, 33)))
-    p = _check_p(p, func)
+    p = check_float(p, "p", func, minimum=0, maximum=1)
     if not training or p == 0:
-        mask = np.ones_like(x)
-    elif p == 1:
+        y, mask = x.copy(), np.ones_like(x)
+    else:
+        y, mask = dropout_checked(x, p, check_rng(rng, "rng", func) if p < 1 else None)
+    return (y, mask) if return_mask else y
+
+
+def dropout_checked(x, p, rng):
+    """dropout in training mode for checked arguments: x a float array, p a float in (0, 1], rng
+    a numpy Generator (unused for p == 1). Returns ``(output, mask)``."""
+    if p == 1:
         mask = np.zeros_like(x)
     else:
-        if rng is None:
-            rng = np.random.default_rng()
-        elif not isinstance(rng, np.random.Generator):
-            raise TypeError(f"{func}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
         keep = rng.random(x.shape, dtype=np.float64) >= p
-        mask = keep.astype(x.dtype)
+        mask = np.asarray(keep, dtype=x.dtype)  # 0-d stays a 0-d array
         mask *= x.dtype.type(1.0 / (1.0 - p))
-    y = x * mask
-    return (y, mask) if return_mask else y
+    return np.asarray(x * mask), mask
 
 
 def dropout_backward(grad_output, mask):
     """Gradient of ``dropout``: ``grad_output * mask`` with the mask returned by the forward pass."""
     func = "dropout_backward"
     gy = as_float_array(grad_output, "grad_output", func, ndims=tuple(range(0, 33)))
-    m = as_float_array(mask, "mask", func, ndims=(gy.ndim,), dtype=gy.dtype)
-    check_shape(m, gy.shape, "mask", func)
-    return gy * m
+    m = as_float_array(mask, "mask", func, ndims=(gy.ndim,), dtype=gy.dtype, shape=gy.shape)
+    return np.asarray(gy * m)
 
-
-def _check_p(p, func):
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        raise TypeError(f"{func}: p must be a float in [0, 1], got {type(p).__name__} {p!r}") from None
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{func}: p must be in [0, 1], got {p}")
-    return p

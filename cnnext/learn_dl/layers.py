@@ -24,26 +24,30 @@ Design
 * ``MaxPoolingLayer.backward`` finds the maxima of the input it is given (one pooling kernel call), so
   it works without a preceding ``forward``, as in learn_dl's test_pool_bp.
 * Computation is in float64, as in learn_dl; integer inputs are converted.
+* The sizes given to a constructor (``stride``, ``zero_padding``, ``input_width``, ...) and the
+  output sizes derived from them are read-only attributes: the arrays and the cached geometry are
+  built from them, so an assignment raises AttributeError instead of giving wrong gradients.
 
 Fixed relative to learn_dl: backward with non-square filters; ``zero_padding > filter size - 1``;
 max-pool backward with overlapping windows (the gradients now accumulate instead of overwriting each
 other); no debug prints. Arguments are checked at construction and shapes at every call.
 """
 import collections.abc
-import numbers
-import operator
 
 import numpy as np
 
 from cnnext._validation import (
     as_float_array,
     check_conv2d,
+    check_float,
+    check_int,
     check_shape,
     conv_output_size,
     result_dtype,
 )
 from cnnext.learn_dl.activators import IdentityActivator, ReluActivator
-from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward, relu
+from cnnext.functional import conv2d, max_pool2d, max_pool2d_backward
+from cnnext.functional.activation import relu_checked
 from cnnext.functional._conv_dispatch import backward_checked as _conv2d_backward_checked
 from cnnext.functional._conv_dispatch import forward_checked as _conv2d_forward_checked
 
@@ -62,26 +66,6 @@ _DTYPE = np.dtype(np.float64)
 
 
 # --------------------------------------------------------------------------- argument checks
-
-def _int_arg(value, name, func, minimum):
-    """Return ``value`` as a Python int >= ``minimum``; TypeError/ValueError naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{func}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
-    if value < minimum:
-        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _real_arg(value, name, func):
-    """Return ``value`` as a finite Python float; TypeError/ValueError naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{func}: {name} must be finite, got {value}")
-    return value
-
 
 def _check_activator(activator, name, func):
     if isinstance(activator, type):
@@ -105,7 +89,7 @@ def _to_array(x, name, func):
             x = np.asarray(x)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{func}: {name} must be array_like of numbers ({exc})") from None
-    result_dtype(x, func, name)
+    result_dtype(x, name, func)
     return x
 
 
@@ -134,6 +118,52 @@ def _check_sample(x, expected, name, func, batch=None):
     if not ok:
         raise ValueError(f"{func}: {name} must have shape {want}, got {x.shape}")
     return np.ascontiguousarray(x, dtype=_DTYPE)
+
+
+class _Geometry:
+    """A layer's read-only size attribute (``layer.stride``, ``layer.input_width``, ...).
+
+    The layer's weights, ``output_array`` and cached convolution geometry are sized from these at
+    construction, so changing one afterwards would compute silently wrong outputs and gradients:
+    assignment raises AttributeError instead.
+    """
+
+    __slots__ = ("name", "slot")
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        return layer.__dict__[self.slot]
+
+    def __set__(self, layer, value):
+        cls = type(layer).__name__
+        raise AttributeError(
+            f"{cls}.{self.name} is read-only: the layer's arrays and geometry were sized for "
+            f"{self.name}={getattr(layer, self.name)!r} at construction; build a new {cls} instead"
+        )
+
+    def __delete__(self, layer):
+        self.__set__(layer, None)
+
+
+def _read_only_sizes(*names):
+    """Class decorator: each of ``names`` becomes a read-only ``_Geometry`` attribute."""
+    def decorate(cls):
+        for name in names:
+            attr = _Geometry()
+            attr.__set_name__(cls, name)
+            setattr(cls, name, attr)
+        return cls
+    return decorate
+
+
+def _set_sizes(layer, func, sizes):
+    """Check each ``(name, value, minimum)`` with check_int and store it behind its attribute."""
+    for name, value, minimum in sizes:
+        layer.__dict__["_" + name] = check_int(value, name, func, minimum=minimum)
 
 
 # --------------------------------------------------------------------------- element-wise ops
@@ -189,7 +219,7 @@ def element_wise_op(array, op):
 def _activate(op, array):
     """``op`` applied element-wise to ``array`` (which may be overwritten); returns the result array."""
     if getattr(op, "__func__", None) is ReluActivator.forward:  # the common case, without the probing
-        return relu(array)
+        return relu_checked(array)  # a layer's float64 output
     result = _try_whole_array(op, array)
     if result is _SCALAR_ONLY:
         _per_element(op, array)
@@ -217,7 +247,7 @@ def padding(input_array, zp):
         A new float array (float64 for integer input).
     """
     func = "padding"
-    zp = _int_arg(zp, "zp", func, 0)
+    zp = check_int(zp, "zp", func, minimum=0)
     if zp == 0:
         return input_array
     x = as_float_array(input_array, "input_array", func, ndims=(2, 3, 4))
@@ -237,11 +267,11 @@ def get_patch(input_array, i, j, filter_width, filter_height, stride):
     arr = input_array if isinstance(input_array, np.ndarray) else np.asarray(input_array)
     if arr.ndim < 2:
         raise ValueError(f"{func}: input_array must be 2-D (H, W) or 3-D (C, H, W), got shape {arr.shape}")
-    i = _int_arg(i, "i", func, 0)
-    j = _int_arg(j, "j", func, 0)
-    fw = _int_arg(filter_width, "filter_width", func, 1)
-    fh = _int_arg(filter_height, "filter_height", func, 1)
-    s = _int_arg(stride, "stride", func, 1)
+    i = check_int(i, "i", func, minimum=0)
+    j = check_int(j, "j", func, minimum=0)
+    fw = check_int(filter_width, "filter_width", func, minimum=1)
+    fh = check_int(filter_height, "filter_height", func, minimum=1)
+    s = check_int(stride, "stride", func, minimum=1)
     return arr[..., i * s: i * s + fh, j * s: j * s + fw]
 
 
@@ -265,7 +295,7 @@ def conv(input_array, kernel_array, output_array, stride, bias):
     func = "conv"
     x = as_float_array(input_array, "input_array", func, ndims=(2, 3))
     k = as_float_array(kernel_array, "kernel_array", func, ndims=(2, 3), dtype=x.dtype)
-    stride = _int_arg(stride, "stride", func, 1)
+    stride = check_int(stride, "stride", func, minimum=1)
     if not isinstance(output_array, np.ndarray):
         raise TypeError(f"{func}: output_array must be a numpy array to write into, "
                         f"got {type(output_array).__name__}")
@@ -316,9 +346,9 @@ class Filter:
 
     def __init__(self, width, height, depth):
         func = "Filter"
-        width = _int_arg(width, "width", func, 1)
-        height = _int_arg(height, "height", func, 1)
-        depth = _int_arg(depth, "depth", func, 1)
+        width = check_int(width, "width", func, minimum=1)
+        height = check_int(height, "height", func, minimum=1)
+        depth = check_int(depth, "depth", func, minimum=1)
         self._weights = np.random.uniform(-1e-4, 1e-4, (depth, height, width))
         self._bias = np.zeros((), dtype=_DTYPE)
         self._weights_grad = np.zeros((depth, height, width), dtype=_DTYPE)
@@ -411,7 +441,7 @@ class Filter:
 
     def update(self, learning_rate):
         """One gradient-descent step: ``weights -= learning_rate * weights_grad``, same for the bias."""
-        lr = _real_arg(learning_rate, "learning_rate", "Filter.update")
+        lr = check_float(learning_rate, "learning_rate", "Filter.update")
         self._weights -= lr * self._weights_grad
         self._bias -= lr * self._bias_grad
 
@@ -452,6 +482,8 @@ class _FilterList(collections.abc.Sequence):
 
 # --------------------------------------------------------------------------- ConvLayer
 
+@_read_only_sizes("input_width", "input_height", "channel_number", "filter_width", "filter_height",
+                  "filter_number", "zero_padding", "stride", "output_width", "output_height")
 class ConvLayer:
     """learn_dl's convolution layer, computed by ``cnnext.functional.conv2d``.
 
@@ -480,6 +512,10 @@ class ConvLayer:
         Last input (float64).
     filters : sequence of Filter
         Views of the layer's weights, biases and gradients.
+    input_width, input_height, channel_number, filter_width, filter_height, filter_number,
+    zero_padding, stride, output_width, output_height : int
+        The layer's sizes, read-only (assigning one raises AttributeError: the arrays are sized
+        from them).
 
     Notes
     -----
@@ -491,16 +527,13 @@ class ConvLayer:
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  filter_number, zero_padding, stride, activator, learning_rate):
         func = "ConvLayer"
-        self.input_width = _int_arg(input_width, "input_width", func, 1)
-        self.input_height = _int_arg(input_height, "input_height", func, 1)
-        self.channel_number = _int_arg(channel_number, "channel_number", func, 1)
-        self.filter_width = _int_arg(filter_width, "filter_width", func, 1)
-        self.filter_height = _int_arg(filter_height, "filter_height", func, 1)
-        self.filter_number = _int_arg(filter_number, "filter_number", func, 1)
-        self.zero_padding = _int_arg(zero_padding, "zero_padding", func, 0)
-        self.stride = _int_arg(stride, "stride", func, 1)
+        _set_sizes(self, func, [
+            ("input_width", input_width, 1), ("input_height", input_height, 1),
+            ("channel_number", channel_number, 1), ("filter_width", filter_width, 1),
+            ("filter_height", filter_height, 1), ("filter_number", filter_number, 1),
+            ("zero_padding", zero_padding, 0), ("stride", stride, 1)])
         self.activator = _check_activator(activator, "activator", func)
-        self.learning_rate = _real_arg(learning_rate, "learning_rate", func)
+        self.learning_rate = check_float(learning_rate, "learning_rate", func)
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
                                   ("height", self.input_height, self.filter_height)):
             if fsize > size + 2 * self.zero_padding:
@@ -509,14 +542,15 @@ class ConvLayer:
                     f"input_{axis} + 2 * zero_padding = {size + 2 * self.zero_padding}; "
                     f"the output would be empty"
                 )
-        self.output_width = ConvLayer.calculate_output_size(
-            self.input_width, self.filter_width, self.zero_padding, self.stride)
-        self.output_height = ConvLayer.calculate_output_size(
-            self.input_height, self.filter_height, self.zero_padding, self.stride)
+        self.__dict__.update(  # the read-only output sizes
+            _output_width=ConvLayer.calculate_output_size(
+                self.input_width, self.filter_width, self.zero_padding, self.stride),
+            _output_height=ConvLayer.calculate_output_size(
+                self.input_height, self.filter_height, self.zero_padding, self.stride))
         self.output_array = np.zeros((self.filter_number, self.output_height, self.output_width))
         self.input_array = None
         self.delta_array = None
-        self._geometry_key = None  # (input shape, stride, zero_padding) of the cached geometry
+        self._geometry_key = None  # input shape of the cached geometry
         self._geometry_cache = None
 
         shape = (self.filter_number, self.channel_number, self.filter_height, self.filter_width)
@@ -573,7 +607,7 @@ class ConvLayer:
         """The convolution geometry for a checked (N, C, H, W) input, validated by ``check_conv2d``
         once per input shape (and stride and padding) and cached: the calls in between pass it
         straight to the functional entry points, which skip the argument checks."""
-        key = (x4.shape, self.stride, self.zero_padding)
+        key = x4.shape  # stride and zero_padding are read-only
         if key != self._geometry_key:
             _, _, _, g, _ = check_conv2d(func, x4, self._weights, self._bias, self.stride,
                                          self.zero_padding, 1, 1)
@@ -652,7 +686,7 @@ class ConvLayer:
 
     def update(self):
         """One gradient-descent step on all filters with ``learning_rate``."""
-        lr = _real_arg(self.learning_rate, "learning_rate", "ConvLayer.update")
+        lr = check_float(self.learning_rate, "learning_rate", "ConvLayer.update")
         self._weights -= lr * self._weights_grad
         self._bias -= lr * self._bias_grad
 
@@ -683,6 +717,8 @@ class ConvLayer:
 
 # --------------------------------------------------------------------------- MaxPoolingLayer
 
+@_read_only_sizes("input_width", "input_height", "channel_number", "filter_width", "filter_height",
+                  "stride", "output_width", "output_height")
 class MaxPoolingLayer:
     """learn_dl's max-pooling layer, computed by ``cnnext.functional.max_pool2d``.
 
@@ -700,24 +736,26 @@ class MaxPoolingLayer:
     output_array : ndarray, (channel_number, output_height, output_width) or (N, ...)
     delta_array : ndarray, shape of the input
         Set by ``backward``: each sensitivity added at the position of its window's (first) maximum.
+    input_width, input_height, channel_number, filter_width, filter_height, stride, output_width,
+    output_height : int
+        The layer's sizes, read-only (assigning one raises AttributeError).
     """
 
     def __init__(self, input_width, input_height, channel_number, filter_width, filter_height,
                  stride):
         func = "MaxPoolingLayer"
-        self.input_width = _int_arg(input_width, "input_width", func, 1)
-        self.input_height = _int_arg(input_height, "input_height", func, 1)
-        self.channel_number = _int_arg(channel_number, "channel_number", func, 1)
-        self.filter_width = _int_arg(filter_width, "filter_width", func, 1)
-        self.filter_height = _int_arg(filter_height, "filter_height", func, 1)
-        self.stride = _int_arg(stride, "stride", func, 1)
+        _set_sizes(self, func, [
+            ("input_width", input_width, 1), ("input_height", input_height, 1),
+            ("channel_number", channel_number, 1), ("filter_width", filter_width, 1),
+            ("filter_height", filter_height, 1), ("stride", stride, 1)])
         for axis, size, fsize in (("width", self.input_width, self.filter_width),
                                   ("height", self.input_height, self.filter_height)):
             if fsize > size:
                 raise ValueError(f"{func}: filter_{axis}={fsize} is larger than input_{axis}={size}; "
                                  f"the output would be empty")
-        self.output_width = (self.input_width - self.filter_width) // self.stride + 1
-        self.output_height = (self.input_height - self.filter_height) // self.stride + 1
+        self.__dict__.update(  # the read-only output sizes
+            _output_width=(self.input_width - self.filter_width) // self.stride + 1,
+            _output_height=(self.input_height - self.filter_height) // self.stride + 1)
         self.output_array = np.zeros((self.channel_number, self.output_height, self.output_width))
         self.delta_array = None
 

@@ -31,7 +31,12 @@ __all__ = ["LeNet5", "CifarNet", "BasicBlock", "ResNet20", "MobileNetCifar",
 
 
 class _Zoo(nn.Module):
-    """Shared constructor checks and saved configuration of the zoo models."""
+    """Shared constructor checks and saved configuration of the zoo models.
+
+    Every zoo model takes ``num_classes`` (int, default 10), ``dtype`` (np.float32 or np.float64)
+    and ``rng`` (a numpy Generator, an int seed or None: the source of the initial weights, drawn
+    as PyTorch's default initialisation does).
+    """
 
     def _setup(self, num_classes, dtype, rng):
         name = type(self).__name__
@@ -46,12 +51,7 @@ class _Zoo(nn.Module):
 class LeNet5(_Zoo):
     """LeNet-5 for (N, 1, 28, 28) images.
 
-    Parameters
-    ----------
-    num_classes : int
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
-        Source of the initial weights (PyTorch's default initialisation).
+    Takes ``num_classes``, ``dtype`` and ``rng`` (see ``_Zoo``).
     """
 
     def __init__(self, num_classes=10, dtype="float32", rng=None):
@@ -75,11 +75,7 @@ class LeNet5(_Zoo):
 class CifarNet(_Zoo):
     """A plain CNN for (N, 3, 32, 32) images: three conv-relu-maxpool stages and a linear head.
 
-    Parameters
-    ----------
-    num_classes : int
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
+    Takes ``num_classes``, ``dtype`` and ``rng`` (see ``_Zoo``).
     """
 
     def __init__(self, num_classes=10, dtype="float32", rng=None):
@@ -147,13 +143,8 @@ class BasicBlock(nn.Module):
 class ResNet20(_Zoo):
     """ResNet-20 for CIFAR (He et al., 2016): 0.27 M parameters.
 
-    Parameters
-    ----------
-    num_classes : int
-    blocks : int
-        Basic blocks per stage (3 gives ResNet-20; n gives ResNet-(6n+2)).
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
+    Takes ``num_classes``, ``dtype`` and ``rng`` (see ``_Zoo``) and ``blocks``, the basic blocks
+    per stage (3 gives ResNet-20; n gives ResNet-(6n+2)).
     """
 
     def __init__(self, num_classes=10, blocks=3, dtype="float32", rng=None):
@@ -193,11 +184,7 @@ def _conv_bn_relu(cin, cout, kernel, stride, groups, dtype, rng):
 class MobileNetCifar(_Zoo):
     """MobileNet-v1 style network for (N, 3, 32, 32) images (depthwise-separable blocks).
 
-    Parameters
-    ----------
-    num_classes : int
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
+    Takes ``num_classes``, ``dtype`` and ``rng`` (see ``_Zoo``).
     """
 
     PLAN = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1))

@@ -26,19 +26,31 @@ def current():
     return getattr(_local, "tape", None)
 
 
-class suspended:
-    """Context manager: nothing is recorded inside (a module with its own backward runs its forward)."""
+class _Recording:
+    """Context manager base: makes ``self._active()`` the thread's tape inside, restores after."""
 
     __slots__ = ("_previous",)
 
+    def _active(self):
+        return self
+
     def __enter__(self):
         self._previous = current()
-        _local.tape = None
+        _local.tape = self._active()
         return self
 
     def __exit__(self, *exc):
         _local.tape = self._previous
         return False
+
+
+class suspended(_Recording):
+    """Context manager: nothing is recorded inside (a module with its own backward runs its forward)."""
+
+    __slots__ = ()
+
+    def _active(self):
+        return None
 
 
 class _Record:
@@ -53,25 +65,16 @@ class _Record:
         self.name = name
 
 
-class Tape:
+class Tape(_Recording):
     """Records the operations of one forward call of a composite module (see the module docstring)."""
 
-    __slots__ = ("records", "inputs", "output", "owner", "_previous")
+    __slots__ = ("records", "inputs", "output", "owner")
 
     def __init__(self, owner):
         self.records = []
         self.inputs = ()
         self.output = None
         self.owner = owner
-
-    def __enter__(self):
-        self._previous = current()
-        _local.tape = self
-        return self
-
-    def __exit__(self, *exc):
-        _local.tape = self._previous
-        return False
 
     def record_module(self, module, inputs, output):
         """Record a sub-module call; its per-call state is snapshotted for the replay."""

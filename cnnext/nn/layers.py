@@ -3,22 +3,45 @@
 Each layer keeps its parameters and what its backward pass needs from the last forward pass (the
 input, the max-pooling indices, the activation output or the dropout mask); every computation is a
 call into ``cnnext.functional``.
+
+Under ``cnnext.no_grad()`` a layer keeps nothing for backward (``Module._keep``). A layer validates
+its input once per call: ``forward`` checks the input (and the geometry, with
+``cnnext._validation``) and ``backward`` checks ``grad_output`` against the cached forward output
+shape; both then call the functional modules' documented already-checked entry points
+(``_conv_dispatch.forward_checked``/``backward_checked``, ``pooling.*_checked``,
+``linear.*_checked``, ``loss.dropout_checked``, ``activation.*_checked``), which validate nothing
+again.
 """
 import math
 
 import numpy as np
 
-from cnnext import functional as F
-from cnnext._validation import as_float_array, to_pair
-from cnnext.functional import conv as _conv
-from cnnext.nn.module import (
-    Module,
-    Parameter,
-    as_input,
+from cnnext._validation import (
+    as_batch,
+    as_float_array,
+    check_batch_grad,
+    check_bool,
+    check_conv2d,
+    check_conv_padding,
     check_dtype,
-    check_positive_int,
+    check_float,
+    check_int,
+    check_linear,
+    check_pool2d,
     check_rng,
+    to_pair,
 )
+from cnnext.functional import _conv_dispatch
+from cnnext.functional.linear import linear_backward_checked, linear_checked
+from cnnext.functional.loss import dropout_checked
+from cnnext.functional.pooling import (
+    avg_pool2d_backward_checked,
+    avg_pool2d_checked,
+    max_pool2d_backward_checked,
+    max_pool2d_checked,
+)
+from cnnext.functional import activation as _act
+from cnnext.nn.module import Module, Parameter, own_methods
 
 __all__ = [
     "Conv2d",
@@ -31,6 +54,9 @@ __all__ = [
     "Flatten",
     "Dropout",
 ]
+
+
+_ANY_ND = tuple(range(0, 33))
 
 
 def _uniform(rng, bound, shape, dtype):
@@ -66,27 +92,19 @@ class Conv2d(Module):
                  groups=1, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         name = "Conv2d"
-        self.in_channels = check_positive_int(in_channels, "in_channels", name)
-        self.out_channels = check_positive_int(out_channels, "out_channels", name)
-        self.groups = check_positive_int(groups, "groups", name)
+        self.in_channels = check_int(in_channels, "in_channels", name, minimum=1)
+        self.out_channels = check_int(out_channels, "out_channels", name, minimum=1)
+        self.groups = check_int(groups, "groups", name, minimum=1)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"{name}: groups={self.groups} must divide in_channels={self.in_channels} "
                              f"and out_channels={self.out_channels}")
         self.kernel_size = to_pair(kernel_size, "kernel_size", name, minimum=1)
         self.stride = to_pair(stride, "stride", name, minimum=1)
         self.dilation = to_pair(dilation, "dilation", name, minimum=1)
-        if isinstance(padding, str):
-            if padding not in ("valid", "same"):
-                raise ValueError(f"{name}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"{name}: padding='same' needs stride 1, got stride={self.stride}")
-            self.padding = padding
-        else:
-            self.padding = to_pair(padding, "padding", name, minimum=0)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"{name}: bias must be a bool, got {type(bias).__name__} {bias!r}")
-        self.dtype = check_dtype(dtype, name)
-        rng = check_rng(rng, name)
+        self.padding = check_conv_padding(padding, self.stride, name)
+        bias = check_bool(bias, "bias", name)
+        self.dtype = check_dtype(dtype, "dtype", name)
+        rng = check_rng(rng, "rng", name)
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
         bound = 1.0 / math.sqrt(fan_in)
@@ -95,27 +113,27 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform(rng, bound, (self.out_channels,), self.dtype)) if bias else None
         self._x = None
 
-    def _args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
-
     def forward(self, x):
         """Convolve a (N, C, H, W) batch (or one (C, H, W) sample); cache it for backward."""
-        x = as_input(x, "Conv2d", ndims=(3, 4), dtype=self.weight.data.dtype)
+        w = self.weight.data
         b = self.bias.data if self.bias is not None else None
-        y = F.conv2d(x, self.weight.data, b, **self._args())
-        self._x = x
-        return y
+        x, w, b, g, unbatched = check_conv2d("Conv2d", x, w, b, self.stride, self.padding,
+                                             self.dilation, self.groups, dtype=w.dtype)
+        y = _conv_dispatch.forward_checked(x, w, b, g)
+        self._keep("_x", (x, w, g, unbatched))
+        return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
         """Accumulate weight and bias gradients; return d loss / d input (None if not input_grad)."""
-        x = self._cached("_x")
-        gx, gw, gb = _conv._backward("Conv2d.backward", grad_output, x, self.weight.data, self.stride,
-                                     self.padding, self.dilation, self.groups,
-                                     need_input=bool(input_grad), need_weight=True)
+        x, w, g, unbatched = self._cached("_x")
+        gy = check_batch_grad(grad_output, "grad_output", "Conv2d.backward", g.output_shape,
+                              unbatched, dtype=x.dtype)
+        gx, gw, gb = _conv_dispatch.backward_checked(x, w, gy, g, need_input=bool(input_grad),
+                                                     need_weight=True)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
-        return gx
+        return gx[0] if unbatched and gx is not None else gx
 
     def _config(self):
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
@@ -157,12 +175,11 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         name = "Linear"
-        self.in_features = check_positive_int(in_features, "in_features", name)
-        self.out_features = check_positive_int(out_features, "out_features", name)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"{name}: bias must be a bool, got {type(bias).__name__} {bias!r}")
-        self.dtype = check_dtype(dtype, name)
-        rng = check_rng(rng, name)
+        self.in_features = check_int(in_features, "in_features", name, minimum=1)
+        self.out_features = check_int(out_features, "out_features", name, minimum=1)
+        bias = check_bool(bias, "bias", name)
+        self.dtype = check_dtype(dtype, "dtype", name)
+        rng = check_rng(rng, "rng", name)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform(rng, bound, (self.out_features, self.in_features), self.dtype))
         self.bias = Parameter(_uniform(rng, bound, (self.out_features,), self.dtype)) if bias else None
@@ -170,15 +187,18 @@ class Linear(Module):
 
     def forward(self, x):
         """Apply the affine map to a (*, in_features) array; cache it for backward."""
-        x = as_input(x, "Linear", ndims=tuple(range(1, 33)), dtype=self.weight.data.dtype)
-        y = F.linear(x, self.weight.data, self.bias.data if self.bias is not None else None)
-        self._x = x
-        return y
+        w = self.weight.data
+        x, w, b = check_linear("Linear", x, w, self.bias.data if self.bias is not None else None,
+                               dtype=w.dtype)
+        self._keep("_x", (x, w))
+        return linear_checked(x, w, b)
 
     def backward(self, grad_output, input_grad=True):
         """Accumulate weight and bias gradients; return d loss / d input."""
-        x = self._cached("_x")
-        gx, gw, gb = F.linear_backward(grad_output, x, self.weight.data)
+        x, w = self._cached("_x")
+        gy = as_float_array(grad_output, "grad_output", "Linear.backward", ndims=(x.ndim,),
+                            dtype=x.dtype, shape=x.shape[:-1] + (w.shape[0],))
+        gx, gw, gb = linear_backward_checked(gy, x, w)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -211,24 +231,25 @@ class MaxPool2d(Module):
         self.stride = self.kernel_size if stride is None else _int_or_pair(stride, "stride", name, 1)
         self.padding = _int_or_pair(padding, "padding", name, 0)
         self.dilation = _int_or_pair(dilation, "dilation", name, 1)
-        if not isinstance(ceil_mode, (bool, np.bool_)):
-            raise TypeError(f"{name}: ceil_mode must be a bool, got {ceil_mode!r}")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode", name)
         self._indices = None
-        self._shape = None
 
     def forward(self, x):
         """Pool a (N, C, H, W) batch; cache the argmax indices."""
-        x = as_input(x, "MaxPool2d", ndims=(3, 4))
-        y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                              self.ceil_mode, return_indices=True)
-        self._indices, self._shape = idx, x.shape
-        return y
+        x, unbatched = as_batch(x, "input", "MaxPool2d")
+        g = check_pool2d("MaxPool2d", x.shape, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.ceil_mode)
+        y, idx = max_pool2d_checked(x, g)
+        self._keep("_indices", (idx, g, unbatched))
+        return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
         """Route each output gradient to its maximum's position (accumulating overlaps)."""
-        idx = self._cached("_indices")
-        return F.max_pool2d_backward(grad_output, idx, self._shape)
+        func = "MaxPool2d.backward"
+        idx, g, unbatched = self._cached("_indices")
+        gy = check_batch_grad(grad_output, "grad_output", func, g.output_shape, unbatched)
+        gx = max_pool2d_backward_checked(gy, idx, g, func)
+        return gx[0] if unbatched else gx
 
     def _config(self):
         return dict(kernel_size=_jsonable(self.kernel_size), stride=_jsonable(self.stride),
@@ -258,27 +279,26 @@ class AvgPool2d(Module):
         self.kernel_size = _int_or_pair(kernel_size, "kernel_size", name, 1)
         self.stride = self.kernel_size if stride is None else _int_or_pair(stride, "stride", name, 1)
         self.padding = _int_or_pair(padding, "padding", name, 0)
-        for flag, val in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
-            if not isinstance(val, (bool, np.bool_)):
-                raise TypeError(f"{name}: {flag} must be a bool, got {val!r}")
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode", name)
+        self.count_include_pad = check_bool(count_include_pad, "count_include_pad", name)
         self._shape = None
-
-    def _args(self):
-        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
     def forward(self, x):
         """Average-pool a (N, C, H, W) batch."""
-        x = as_input(x, "AvgPool2d", ndims=(3, 4))
-        y = F.avg_pool2d(x, *self._args())
-        self._shape = x.shape
-        return y
+        x, unbatched = as_batch(x, "input", "AvgPool2d")
+        g = check_pool2d("AvgPool2d", x.shape, self.kernel_size, self.stride, self.padding, 1,
+                         self.ceil_mode)
+        y = avg_pool2d_checked(x, g, self.count_include_pad)
+        self._keep("_shape", (g, unbatched))
+        return y[0] if unbatched else y
 
     def backward(self, grad_output, input_grad=True):
         """Spread each output gradient evenly over its window."""
-        shape = self._cached("_shape")
-        return F.avg_pool2d_backward(grad_output, shape, *self._args())
+        g, unbatched = self._cached("_shape")
+        gy = check_batch_grad(grad_output, "grad_output", "AvgPool2d.backward", g.output_shape,
+                              unbatched)
+        gx = avg_pool2d_backward_checked(gy, g, self.count_include_pad)
+        return gx[0] if unbatched else gx
 
     def _config(self):
         return dict(kernel_size=_jsonable(self.kernel_size), stride=_jsonable(self.stride),
@@ -302,8 +322,12 @@ def _jsonable(v):
 
 
 class _Activation(Module):
-    _fn = None
+    _fn = None  # the functional entry points for checked arrays
     _deriv = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own_methods(cls)  # errors name ReLU.forward, not _Activation.forward
 
     def __init__(self):
         super().__init__()
@@ -311,20 +335,17 @@ class _Activation(Module):
 
     def forward(self, x):
         """Apply the activation element-wise; cache the output for backward."""
-        x = as_input(x, type(self).__name__)
-        y = type(self)._fn(x)
-        self._y = y
+        x = as_float_array(x, "input", type(self).__name__, ndims=_ANY_ND)
+        y = np.asarray(type(self)._fn(x))  # a 0-d input gives a 0-d array, as in PyTorch
+        self._keep("_y", y)
         return y
 
     def backward(self, grad_output, input_grad=True):
         """Multiply ``grad_output`` by the derivative (computed from the cached output)."""
         y = self._cached("_y")
         gy = as_float_array(grad_output, "grad_output", f"{type(self).__name__}.backward",
-                            ndims=(y.ndim,), dtype=y.dtype)
-        if gy.shape != y.shape:
-            raise ValueError(f"{type(self).__name__}.backward: grad_output must have shape {y.shape}, "
-                             f"got {gy.shape}")
-        return gy * type(self)._deriv(y)
+                            ndims=(y.ndim,), dtype=y.dtype, shape=y.shape)
+        return np.asarray(gy * type(self)._deriv(y))
 
     def _config(self):
         return {}
@@ -333,22 +354,22 @@ class _Activation(Module):
 class ReLU(_Activation):
     """Rectified linear unit ``max(x, 0)``."""
 
-    _fn = staticmethod(F.relu)
-    _deriv = staticmethod(F.relu_derivative)
+    _fn = staticmethod(_act.relu_checked)
+    _deriv = staticmethod(_act.relu_derivative_checked)
 
 
 class Sigmoid(_Activation):
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
 
-    _fn = staticmethod(F.sigmoid)
-    _deriv = staticmethod(F.sigmoid_derivative)
+    _fn = staticmethod(_act.sigmoid_checked)
+    _deriv = staticmethod(_act.sigmoid_derivative_checked)
 
 
 class Tanh(_Activation):
     """Hyperbolic tangent."""
 
-    _fn = staticmethod(F.tanh)
-    _deriv = staticmethod(F.tanh_derivative)
+    _fn = staticmethod(_act.tanh_checked)
+    _deriv = staticmethod(_act.tanh_derivative_checked)
 
 
 class Flatten(Module):
@@ -356,22 +377,20 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        for n, v in (("start_dim", start_dim), ("end_dim", end_dim)):
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"Flatten: {n} must be an int, got {v!r}")
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.start_dim = check_int(start_dim, "start_dim", "Flatten")
+        self.end_dim = check_int(end_dim, "end_dim", "Flatten")
         self._shape = None
 
     def forward(self, x):
         """Reshape the input; remember its shape for backward."""
-        x = as_input(x, "Flatten")
+        x = as_float_array(x, "input", "Flatten", ndims=_ANY_ND)
         nd = x.ndim
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
         if not (0 <= s < max(nd, 1) and 0 <= e < max(nd, 1)) or s > e:
             raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not fit a "
                              f"{nd}-D input of shape {x.shape}")
-        self._shape = x.shape
+        self._keep("_shape", x.shape)
         if nd == 0:
             return x.reshape(1)
         return x.reshape(x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
@@ -406,32 +425,31 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        try:
-            p = float(p)
-        except (TypeError, ValueError):
-            raise TypeError(f"Dropout: p must be a float in [0, 1], got {p!r}") from None
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = p
-        self.rng = check_rng(rng, "Dropout")
-        self._mask = None
-        self._identity = False
+        self.p = check_float(p, "p", "Dropout", minimum=0, maximum=1)
+        self.rng = check_rng(rng, "rng", "Dropout")
+        self._mask = None  # None after an identity (eval mode or p = 0) forward pass
+        self._shape = None
 
     def forward(self, x):
         """Drop elements at random (training mode) or pass the input through (eval mode)."""
-        x = as_input(x, "Dropout")
+        x = as_float_array(x, "input", "Dropout", ndims=_ANY_ND)
         if not self.training or self.p == 0.0:
-            self._mask, self._identity = None, True
+            self._mask = None
+            self._keep("_shape", x.shape)
             return x
-        y, mask = F.dropout(x, self.p, True, self.rng, return_mask=True)
-        self._mask, self._identity = mask, False
+        y, mask = dropout_checked(x, self.p, self.rng)
+        self._keep("_mask", mask)
+        self._keep("_shape", x.shape)
         return y
 
     def backward(self, grad_output, input_grad=True):
         """Multiply the gradient by the mask of the last forward pass."""
-        if self._identity:
-            return np.asarray(grad_output)
-        return F.dropout_backward(grad_output, self._cached("_mask"))
+        shape = self._cached("_shape")
+        gy = as_float_array(grad_output, "grad_output", "Dropout.backward", ndims=(len(shape),),
+                            shape=shape)
+        if self._mask is None:
+            return gy
+        return np.asarray(gy * self._mask.astype(gy.dtype, copy=False))
 
     def _config(self):
         return dict(p=self.p)

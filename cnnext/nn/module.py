@@ -5,59 +5,18 @@ runs in ``cnnext.functional``. ``backward(grad_output)`` returns the gradient wi
 of the last ``forward`` and *adds* the parameter gradients to each ``Parameter.grad``, like PyTorch's
 ``.grad``; call ``zero_grad()`` (or the optimizer's) between steps.
 """
+import types
 from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from cnnext._grad_mode import is_grad_enabled
-from cnnext._validation import as_float_array
+from cnnext._validation import check_bool, check_dtype, check_shape, result_dtype
 from cnnext.nn import _tape
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "Identity"]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_ANY_ND = tuple(range(0, 33))
-
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
-
-
-def check_dtype(dtype, owner):
-    """Return ``dtype`` as float32 or float64 numpy dtype, or raise naming ``owner``."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{owner}: dtype must be np.float32 or np.float64, got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise ValueError(f"{owner}: dtype must be np.float32 or np.float64, got {dt}")
-    return dt
-
-
-def check_rng(rng, owner):
-    """Return a numpy Generator from ``rng`` (None, an int seed or a Generator)."""
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
-        return np.random.default_rng(int(rng))
-    raise TypeError(
-        f"{owner}: rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}"
-    )
-
-
-def check_positive_int(value, name, owner, minimum=1):
-    """Return ``value`` as an int >= ``minimum`` or raise TypeError/ValueError naming it."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-def as_input(x, owner, ndims=_ANY_ND, dtype=None):
-    """Validate a module's input array (float32/float64 kept, integers become float64)."""
-    return as_float_array(x, "input", owner, ndims=ndims, dtype=dtype)
 
 
 class Parameter:
@@ -80,11 +39,8 @@ class Parameter:
 
     def __init__(self, data):
         data = np.array(data, copy=True, order="C")
-        if data.dtype not in _FLOAT_DTYPES:
-            data = data.astype(np.float64) if data.dtype.kind in "iub" else data
-            if data.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"Parameter: data must be float32 or float64, got dtype {data.dtype}")
-        self.data = data
+        dt = result_dtype(data, "data", "Parameter")
+        self.data = data if data.dtype == dt else data.astype(dt)
         self.grad = np.zeros_like(data)
 
     @property
@@ -108,6 +64,24 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def own_methods(cls, names=("__init__", "forward", "backward")):
+    """Give ``cls`` its own copies of the inherited methods ``names``, named after ``cls``.
+
+    Called from ``__init_subclass__`` of a private base class (``_Loss``, ``_Activation``): Python's
+    own argument errors then name the class the user called, "MSELoss.forward() missing 1 required
+    positional argument: 'target'", not the private base ("_Loss.forward() ..."), as in PyTorch.
+    """
+    for name in names:
+        if name in cls.__dict__:
+            continue
+        f = getattr(cls, name)
+        g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+        g.__kwdefaults__, g.__doc__, g.__module__ = f.__kwdefaults__, f.__doc__, f.__module__
+        g.__dict__.update(f.__dict__)
+        g.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, g)
 
 
 def _indent(text, spaces=2):
@@ -342,10 +316,9 @@ class Module:
 
     def train(self, mode=True):
         """Set training mode (affects Dropout) on this module and its sub-modules; return self."""
-        if not isinstance(mode, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got {mode!r}")
+        mode = check_bool(mode, "mode", f"{type(self).__name__}.train")
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self):
@@ -354,7 +327,7 @@ class Module:
 
     def to(self, dtype):
         """Convert every parameter (and its gradient) to ``dtype`` (float32 or float64); return self."""
-        dt = check_dtype(dtype, f"{type(self).__name__}.to")
+        dt = check_dtype(dtype, "dtype", f"{type(self).__name__}.to")
         for p in self.parameters():
             p.data = p.data.astype(dt)
             p.grad = p.grad.astype(dt)
@@ -425,8 +398,7 @@ class Module:
             value = _to_numpy(state_dict[name])
             if value.dtype.kind not in "fiu" or value.dtype.kind == "c":
                 raise TypeError(f"{owner}: {name!r} must be a real numeric array, got dtype {value.dtype}")
-            if value.shape != target.shape:
-                raise ValueError(f"{owner}: {name!r} must have shape {target.shape}, got {value.shape}")
+            check_shape(value, target.shape, repr(name), owner)
             if target.dtype.kind in "iu" and value.dtype.kind == "f" and not np.all(value == np.round(value)):
                 raise ValueError(f"{owner}: {name!r} must hold whole numbers, got {value.ravel()[:4]}")
             staged.append((target, value))
@@ -454,7 +426,33 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-class Sequential(Module):
+def _check_child(module, what, func):
+    if not isinstance(module, Module):
+        raise TypeError(f"{func}: {what} must be a cnnext.nn.Module, got {type(module).__name__}")
+    return module
+
+
+class _ModuleSequence(Module):
+    """List behaviour shared by Sequential and ModuleList: append, len, iteration, indexing."""
+
+    def append(self, module):
+        """Add a module at the end; return self."""
+        self._modules[str(len(self._modules))] = _check_child(module, "module", f"{type(self).__name__}.append")
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._slice(list(self._modules.items())[index])
+        return list(self._modules.values())[index]
+
+
+class Sequential(_ModuleSequence):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
     Parameters
@@ -484,24 +482,8 @@ class Sequential(Module):
                 raise ValueError(f"Sequential: layer names must be non-empty strings without '.', got {name!r}")
             self._modules[name] = m
 
-    def append(self, module):
-        """Add a module at the end; return self."""
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential.append: module must be a cnnext.nn.Module, got {type(module).__name__}")
-        self._modules[str(len(self._modules))] = module
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, index):
-        mods = list(self._modules.values())
-        if isinstance(index, slice):
-            return Sequential(OrderedDict(list(self._modules.items())[index]))
-        return mods[index]
+    def _slice(self, items):
+        return Sequential(OrderedDict(items))
 
     def forward(self, x):
         """Run every layer in order and return the last output."""
@@ -521,13 +503,7 @@ class Sequential(Module):
         return g
 
 
-def _check_child(module, what, func):
-    if not isinstance(module, Module):
-        raise TypeError(f"{func}: {what} must be a cnnext.nn.Module, got {type(module).__name__}")
-    return module
-
-
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of sub-modules, registered as "0", "1", ... (PyTorch's state_dict keys).
 
     It holds modules only; the ``forward`` of the module that owns it decides how they are called.
@@ -542,28 +518,14 @@ class ModuleList(Module):
         for m in modules:
             self.append(m)
 
-    def append(self, module):
-        """Add a module at the end; return self."""
-        self._modules[str(len(self._modules))] = _check_child(module, "module", "ModuleList.append")
-        return self
-
     def extend(self, modules):
         """Append every module of an iterable; return self."""
         for m in modules:
             self.append(m)
         return self
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, index):
-        mods = list(self._modules.values())
-        if isinstance(index, slice):
-            return ModuleList(mods[index])
-        return mods[index]
+    def _slice(self, items):
+        return ModuleList(m for _, m in items)
 
     def forward(self, *args):
         raise NotImplementedError("ModuleList has no forward: call its modules from the owner's forward")

@@ -8,7 +8,7 @@ import numpy as np
 
 from cnnext._validation import check_bool, check_dtype, check_float, check_int
 from cnnext.functional import normalization as _bn
-from cnnext.nn.module import Module, Parameter
+from cnnext.nn.module import Module, Parameter, own_methods
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
 
@@ -16,6 +16,10 @@ __all__ = ["BatchNorm1d", "BatchNorm2d"]
 class _BatchNorm(Module):
     _ndims = ()
     _expected = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own_methods(cls)  # errors name BatchNorm2d.__init__, not _BatchNorm.__init__
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32):
@@ -91,8 +95,7 @@ class _BatchNorm(Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
-class BatchNorm1d(_BatchNorm):
-    """Batch normalisation over (N, C) or (N, C, L) input, as torch.nn.BatchNorm1d.
+_DOC = """Batch normalisation over {inputs} input, as torch.nn.{name}.
 
     Parameters
     ----------
@@ -110,29 +113,14 @@ class BatchNorm1d(_BatchNorm):
     dtype : np.float32 or np.float64
     """
 
+
+class BatchNorm1d(_BatchNorm):
+    __doc__ = _DOC.format(inputs="(N, C) or (N, C, L)", name="BatchNorm1d")
     _ndims = (2, 3)
     _expected = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
-    """Batch normalisation over (N, C, H, W) input, as torch.nn.BatchNorm2d.
-
-    Parameters
-    ----------
-    num_features : int
-        C, the number of channels.
-    eps : float
-        Added to the variance (default 1e-5).
-    momentum : float or None
-        Weight of the new batch in the running statistics (default 0.1); None keeps a cumulative
-        average.
-    affine : bool
-        Learn a per-channel ``weight`` (ones) and ``bias`` (zeros).
-    track_running_stats : bool
-        Keep running statistics (used in evaluation); without them, evaluation uses the batch's.
-    dtype : np.float32 or np.float64
-    """
-
+    __doc__ = _DOC.format(inputs="(N, C, H, W)", name="BatchNorm2d")
     _ndims = (4,)
     _expected = "4-D (N, C, H, W)"
-

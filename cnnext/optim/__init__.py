@@ -17,14 +17,14 @@ from cnnext.optim.lr_scheduler import (
     SequentialLR,
     StepLR,
 )
-from cnnext.optim.optimizers import SGD, Adam, AdamW, Optimizer
+from cnnext.optim.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "create_optimizer", "LRScheduler",
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "create_optimizer", "LRScheduler",
            "CosineAnnealingLR", "StepLR", "MultiStepLR", "LinearLR", "OneCycleLR", "SequentialLR",
            "ReduceLROnPlateau", "lr_scheduler"]
 
 #: The optimizers ``create_optimizer`` knows, by lower-case name.
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def create_optimizer(name, params, **options):

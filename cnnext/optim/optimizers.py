@@ -8,22 +8,10 @@ import math
 
 import numpy as np
 
+from cnnext._validation import check_bool, check_float
 from cnnext.nn.module import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
-
-
-def _check_float(value, name, owner, minimum=0.0, maximum=None, open_max=False):
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}") from None
-    if not math.isfinite(v) or v < minimum or (maximum is not None and (v >= maximum if open_max else v > maximum)):
-        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}{')' if open_max else ']'}"
-        raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
-    return v
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
 
 
 class Optimizer:
@@ -171,12 +159,11 @@ class SGD(Optimizer):
 
     def _check_group(self, g):
         o = "SGD"
-        g["lr"] = _check_float(g["lr"], "lr", o)
-        g["momentum"] = _check_float(g["momentum"], "momentum", o)
-        g["dampening"] = _check_float(g["dampening"], "dampening", o)
-        g["weight_decay"] = _check_float(g["weight_decay"], "weight_decay", o)
-        if not isinstance(g["nesterov"], (bool, np.bool_)):
-            raise TypeError(f"{o}: nesterov must be a bool, got {g['nesterov']!r}")
+        g["lr"] = check_float(g["lr"], "lr", o, minimum=0.0)
+        g["momentum"] = check_float(g["momentum"], "momentum", o, minimum=0.0)
+        g["dampening"] = check_float(g["dampening"], "dampening", o, minimum=0.0)
+        g["weight_decay"] = check_float(g["weight_decay"], "weight_decay", o, minimum=0.0)
+        g["nesterov"] = check_bool(g["nesterov"], "nesterov", o)
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError(f"{o}: nesterov=True needs momentum > 0 and dampening = 0, got "
                              f"momentum={g['momentum']}, dampening={g['dampening']}")
@@ -230,16 +217,15 @@ class Adam(Optimizer):
 
     def _check_group(self, g):
         o = type(self).__name__
-        g["lr"] = _check_float(g["lr"], "lr", o)
-        g["eps"] = _check_float(g["eps"], "eps", o)
-        g["weight_decay"] = _check_float(g["weight_decay"], "weight_decay", o)
+        g["lr"] = check_float(g["lr"], "lr", o, minimum=0.0)
+        g["eps"] = check_float(g["eps"], "eps", o, minimum=0.0)
+        g["weight_decay"] = check_float(g["weight_decay"], "weight_decay", o, minimum=0.0)
         b = g["betas"]
         if not isinstance(b, (tuple, list)) or len(b) != 2:
             raise ValueError(f"{o}: betas must be a pair of floats in [0, 1), got {b!r}")
-        g["betas"] = (_check_float(b[0], "betas[0]", o, 0.0, 1.0, open_max=True),
-                      _check_float(b[1], "betas[1]", o, 0.0, 1.0, open_max=True))
-        if not isinstance(g["amsgrad"], (bool, np.bool_)):
-            raise TypeError(f"{o}: amsgrad must be a bool, got {g['amsgrad']!r}")
+        g["betas"] = (check_float(b[0], "betas[0]", o, 0.0, 1.0, open_max=True),
+                      check_float(b[1], "betas[1]", o, 0.0, 1.0, open_max=True))
+        g["amsgrad"] = check_bool(g["amsgrad"], "amsgrad", o)
 
     def step(self):
         """Apply one Adam update to every parameter."""
@@ -288,3 +274,75 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton), with PyTorch's update rule.
+
+    Per parameter::
+
+        g = grad + weight_decay * p
+        v = alpha * v + (1 - alpha) * g * g
+        a = alpha * a + (1 - alpha) * g                     (centered only)
+        d = sqrt(v - a * a) + eps  if centered  else  sqrt(v) + eps
+        buf = momentum * buf + g / d;  p -= lr * buf        (momentum > 0)
+        p -= lr * g / d                                    (otherwise)
+
+    Parameters
+    ----------
+    params : iterable of Parameter or of group dicts
+    lr : float
+    alpha : float
+        Smoothing constant in [0, 1] (default 0.99).
+    eps, weight_decay, momentum : float, >= 0
+    centered : bool
+        Normalise by the estimated variance instead of the second moment.
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered))
+
+    def _check_group(self, g):
+        o = "RMSprop"
+        g["lr"] = check_float(g["lr"], "lr", o, minimum=0.0)
+        g["alpha"] = check_float(g["alpha"], "alpha", o, 0.0, 1.0)
+        g["eps"] = check_float(g["eps"], "eps", o, minimum=0.0)
+        g["weight_decay"] = check_float(g["weight_decay"], "weight_decay", o, minimum=0.0)
+        g["momentum"] = check_float(g["momentum"], "momentum", o, minimum=0.0)
+        check_bool(g["centered"], "centered", o)
+
+    def step(self):
+        """Apply one RMSprop update to every parameter."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                t = p.data.dtype.type
+                d = p.grad
+                if g["weight_decay"]:
+                    d = d + t(g["weight_decay"]) * p.data
+                st = self.state.setdefault(p, {})
+                if "square_avg" not in st:
+                    st["step"] = 0
+                    st["square_avg"] = np.zeros_like(p.data)
+                    if g["centered"]:
+                        st["grad_avg"] = np.zeros_like(p.data)
+                    if g["momentum"]:
+                        st["momentum_buffer"] = np.zeros_like(p.data)
+                st["step"] += 1
+                v = st["square_avg"]
+                v *= t(g["alpha"])
+                v += t(1 - g["alpha"]) * d * d
+                if g["centered"]:
+                    a = st["grad_avg"]
+                    a += t(1 - g["alpha"]) * (d - a)  # PyTorch's lerp
+                    denom = np.sqrt(v - a * a) + t(g["eps"])
+                else:
+                    denom = np.sqrt(v) + t(g["eps"])
+                if g["momentum"]:
+                    buf = st["momentum_buffer"]
+                    buf *= t(g["momentum"])
+                    buf += d / denom
+                    p.data -= t(g["lr"]) * buf
+                else:
+                    p.data -= t(g["lr"]) * (d / denom)

@@ -176,11 +176,13 @@ def test_conv2d_accepts_lists_and_int_bias_with_float32_input(algorithm):
 def test_conv2d_partial_backward_matches_oracle(case_id, need, algorithm):
     """nn layers ask for grad_input or grad_weight alone (frozen weights, first layer): each
     algorithm then computes only that one, and it equals the oracle's."""
-    from cnnext.functional import conv
+    from cnnext._validation import check_conv2d
+    from cnnext.functional._conv_dispatch import backward_checked
     x, w, _, params = conv_inputs(case_id, np.float64)
     gy = rng_for("partial", case_id).standard_normal(out_shape(x, w, params))
-    gx, gw, gb = conv._backward("t", gy, x, w, params.get("stride", 1), params.get("padding", 0),
-                                params.get("dilation", 1), params.get("groups", 1), *need)
+    x, w, _, g, _ = check_conv2d("t", x, w, None, params.get("stride", 1), params.get("padding", 0),
+                                 params.get("dilation", 1), params.get("groups", 1))
+    gx, gw, gb = backward_checked(x, w, gy, g, *need)
     want = oracle.conv2d_backward(gy, x, w, **params)
     assert (gx is None) != need[0] and (gw is None) != need[1]
     assert_close(gx if need[0] else gw, want[0] if need[0] else want[1])

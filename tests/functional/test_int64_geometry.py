@@ -11,10 +11,13 @@ o * stride - padding + i * dilation), over small inputs, so even kernels of 2**6
 importable and accepts the arguments, it must agree too.
 """
 import itertools
+import os
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cnnext
 import cnnext.functional as F
@@ -94,18 +97,22 @@ def conv_oracle(x, w, gy, stride, padding, dilation):
 
 def torch_conv(x, w, gy, stride, padding, dilation):
     """PyTorch's (y, grad_input, grad_weight), or None when it refuses the arguments."""
-    if torch is None or max(pair(padding)) >= 2**31:
-        return None  # PyTorch 2.13 gets the output size wrong (often 0) from padding 2**31 on
-    # PyTorch 2.13's conv2d backward dies of SIGFPE (the whole process) on large strides: in
-    # float32 already at stride (3, 2**20) with a 1x1 kernel, in float64 from 2**31. Only the
-    # forward pass is compared there.
-    grads = x.dtype == np.float64 and max(pair(stride) + pair(dilation)) < 2**31
-    xt = torch.tensor(x, requires_grad=grads)
-    wt = torch.tensor(w, requires_grad=grads)
+    H, W = x.shape[2:]
+    big = [H + 2 * pair(padding)[0], W + 2 * pair(padding)[1]]
+    big += [d * (k - 1) + 1 for d, k in zip(pair(dilation), w.shape[2:])]
+    if torch is None or max(big) >= 2**31:
+        return None  # PyTorch 2.13 gets the output size wrong (often 0) from padded sizes of 2**31
+    # PyTorch 2.13's float32 conv2d dies of SIGFPE (the whole process) on large strides, the
+    # forward pass at stride 2**60 with a 2x2 kernel, the backward already at (3, 2**20) with a
+    # 1x1 kernel; its float64 backward from stride 2**31. So the reference runs in float64 (the
+    # values are small integers: exact either way), and only its forward pass beyond 2**31.
+    grads = max(pair(stride) + pair(dilation)) < 2**31
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=grads)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=grads)
     try:
         y = TF.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation)
         if grads:
-            y.backward(torch.tensor(gy))
+            y.backward(torch.tensor(gy, dtype=torch.float64))
     except (RuntimeError, ValueError, OverflowError):
         return None
     if not grads:
@@ -283,26 +290,6 @@ def avg_divisors(H, W, k, s, p, count_include_pad, Ho, Wo):
     return out
 
 
-def sweep(grid, ceil_mode, tally, make_args, refused):
-    """Yield ((k, s, p, d), args, (Ho, Wo), rows, cols) for the cases of ``grid`` the oracle computes.
-
-    ``refused(args, match)`` checks the cases validation must refuse (``match``: what exceeds 2**60,
-    or None); cases with more than MAX_OUTPUT outputs are skipped. ``tally`` counts both.
-    """
-    for k, s, p, d in grid:
-        case = pool_case(5, 4, k, s, p, d, ceil_mode)
-        args = make_args(k, s, p, d)
-        if case is None or case[3] is not None:
-            refused(args, case[3] if case else None)
-            tally["refused"] += 1
-            continue
-        (Ho, Wo), rows, cols, _ = case
-        if rows is None:
-            tally["too large to run"] += 1
-            continue
-        yield (k, s, p, d), args, (Ho, Wo), rows, cols
-
-
 def torch_pool_ok(*params):
     # PyTorch takes int32 pooling sizes, and walks a negative window start up to 0 one dilation
     # step at a time: only moderate paddings are compared (the oracle checks the rest).
@@ -324,36 +311,82 @@ def pool_grid():
                 yield (2, k), (2, s), (0, p), (1, d)
 
 
+def run_max_pool_case(x, k, s, p, d, ceil_mode, tally):
+    H, W = x.shape[2:]
+    case = pool_case(H, W, k, s, p, d, ceil_mode)
+    args = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
+    if case is None or case[3] is not None:
+        with pytest.raises(ValueError, match=case[3] if case else None):
+            F.max_pool2d(x, **args)
+        tally["refused"] += 1
+        return
+    (Ho, Wo), rows, cols, _ = case
+    if rows is None:
+        tally["too large to run"] += 1
+        return
+    y, idx = F.max_pool2d(x, return_indices=True, **args)
+    want_y, want_idx = max_pool_oracle(x, rows, cols)
+    np.testing.assert_array_equal(y, want_y, err_msg=str(args))
+    np.testing.assert_array_equal(idx, want_idx, err_msg=str(args))
+    g = np.arange(y.size, dtype=np.float64).reshape(y.shape) - 3
+    planes = x.shape[0] * x.shape[1]
+    want_gx = np.zeros(x.shape)
+    np.add.at(want_gx.reshape(planes, H * W), (np.arange(planes)[:, None], idx.reshape(planes, -1)),
+              g.reshape(planes, -1))
+    np.testing.assert_array_equal(F.max_pool2d_backward(g, idx, x.shape), want_gx)
+    if torch_pool_ok(k, s, p, d):
+        ty, ti = TF.max_pool2d(torch.tensor(x), return_indices=True, **args)
+        np.testing.assert_array_equal(ty.numpy(), want_y, err_msg=str(args))
+        np.testing.assert_array_equal(ti.numpy(), want_idx, err_msg=str(args))
+        tally["also checked with torch"] += 1
+    tally["computed"] += 1
+
+
+def run_avg_pool_case(x, k, s, p, ceil_mode, count_include_pad, tally):
+    H, W = x.shape[2:]
+    case = pool_case(H, W, k, s, p, 1, ceil_mode)
+    args = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
+                count_include_pad=count_include_pad)
+    if case is None or case[3] is not None:
+        with pytest.raises(ValueError, match=case[3] if case else None):
+            F.avg_pool2d(x, **args)
+        with pytest.raises(ValueError, match=case[3] if case else None):
+            F.avg_pool2d_backward(np.ones(x.shape[:2] + (1, 1)), x.shape, **args)
+        tally["refused"] += 1
+        return
+    (Ho, Wo), rows, cols, _ = case
+    if rows is None:
+        tally["too large to run"] += 1
+        return
+    div = avg_divisors(H, W, k, s, p, count_include_pad, Ho, Wo)
+    want = np.empty(x.shape[:2] + (Ho, Wo))
+    g = np.arange(want.size, dtype=np.float64).reshape(want.shape) - 3
+    want_gx = np.zeros(x.shape)
+    for oh, r in enumerate(rows):
+        for ow, c in enumerate(cols):
+            want[:, :, oh, ow] = x[:, :, r][:, :, :, c].sum(axis=(2, 3)) / div[oh, ow]
+            want_gx[:, :, r[0]:r[-1] + 1, c[0]:c[-1] + 1] += (g[:, :, oh, ow] / div[oh, ow])[..., None, None]
+    np.testing.assert_allclose(F.avg_pool2d(x, **args), want, rtol=1e-13, atol=0, err_msg=str(args))
+    np.testing.assert_allclose(F.avg_pool2d_backward(g, x.shape, **args), want_gx, rtol=1e-13,
+                               atol=1e-300, err_msg=str(args))
+    if torch_pool_ok(k, s, p, 1):
+        ref = TF.avg_pool2d(torch.tensor(x), **args).numpy()
+        np.testing.assert_allclose(ref, want, rtol=1e-13, atol=0, err_msg=str(args))
+        tally["also checked with torch"] += 1
+    tally["computed"] += 1
+
+
+def new_tally():
+    return {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
+
+
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_max_pool2d_sweep_of_huge_kernel_stride_padding_dilation(ceil_mode):
     cnnext.set_num_threads(1)  # thousands of tiny calls: no parallel region for each
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((1, 2, 5, 4))
-    gy = rng.standard_normal
-    tally = {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
-
-    def refused(args, match):
-        with pytest.raises(ValueError, match=match):
-            F.max_pool2d(x, **args)
-
-    def make_args(k, s, p, d):
-        return dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
-
-    for (k, s, p, d), args, _, rows, cols in sweep(pool_grid(), ceil_mode, tally, make_args, refused):
-        y, idx = F.max_pool2d(x, return_indices=True, **args)
-        want_y, want_idx = max_pool_oracle(x, rows, cols)
-        np.testing.assert_array_equal(y, want_y, err_msg=str(args))
-        np.testing.assert_array_equal(idx, want_idx, err_msg=str(args))
-        g = gy(y.shape)
-        want_gx = np.zeros(x.shape)
-        np.add.at(want_gx.reshape(2, 20), (np.arange(2)[:, None], idx.reshape(2, -1)), g.reshape(2, -1))
-        np.testing.assert_array_equal(F.max_pool2d_backward(g, idx, x.shape), want_gx)
-        if torch_pool_ok(k, s, p, d):
-            ty, ti = TF.max_pool2d(torch.tensor(x), return_indices=True, **args)
-            np.testing.assert_array_equal(ty.numpy(), want_y, err_msg=str(args))
-            np.testing.assert_array_equal(ti.numpy(), want_idx, err_msg=str(args))
-            tally["also checked with torch"] += 1
-        tally["computed"] += 1
+    x = np.random.default_rng(7).standard_normal((1, 2, 5, 4))
+    tally = new_tally()
+    for k, s, p, d in pool_grid():
+        run_max_pool_case(x, k, s, p, d, ceil_mode, tally)
     assert tally["computed"] >= 50 and tally["refused"] >= 50, tally
 
 
@@ -361,38 +394,60 @@ def test_max_pool2d_sweep_of_huge_kernel_stride_padding_dilation(ceil_mode):
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_avg_pool2d_sweep_of_huge_kernel_stride_padding(ceil_mode, count_include_pad):
     cnnext.set_num_threads(1)  # thousands of tiny calls: no parallel region for each
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal((1, 2, 5, 4))
-    tally = {"computed": 0, "refused": 0, "too large to run": 0, "also checked with torch": 0}
-
-    def refused(args, match):
-        with pytest.raises(ValueError, match=match):
-            F.avg_pool2d(x, **args)
-        with pytest.raises(ValueError, match=match):
-            F.avg_pool2d_backward(np.ones((1, 2, 1, 1)), x.shape, **args)
-
-    def make_args(k, s, p, d):
-        return dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-
-    grid = dict.fromkeys((k, s, p, 1) for k, s, p, _ in pool_grid())  # no dilation: each (k, s, p) once
-    for (k, s, p, _), args, (Ho, Wo), rows, cols in sweep(grid, ceil_mode, tally, make_args, refused):
-        div = avg_divisors(5, 4, k, s, p, count_include_pad, Ho, Wo)
-        want = np.empty((1, 2, Ho, Wo))
-        g = rng.standard_normal(want.shape)
-        want_gx = np.zeros(x.shape)
-        for oh, r in enumerate(rows):
-            for ow, c in enumerate(cols):
-                want[:, :, oh, ow] = x[:, :, r][:, :, :, c].sum(axis=(2, 3)) / div[oh, ow]
-                want_gx[:, :, r[0]:r[-1] + 1, c[0]:c[-1] + 1] += (g[:, :, oh, ow] / div[oh, ow])[..., None, None]
-        np.testing.assert_allclose(F.avg_pool2d(x, **args), want, rtol=1e-13, atol=0, err_msg=str(args))
-        np.testing.assert_allclose(F.avg_pool2d_backward(g, x.shape, **args), want_gx, rtol=1e-13,
-                                   atol=1e-300, err_msg=str(args))
-        if torch_pool_ok(k, s, p, 1):
-            ref = TF.avg_pool2d(torch.tensor(x), **args).numpy()
-            np.testing.assert_allclose(ref, want, rtol=1e-13, atol=0, err_msg=str(args))
-            tally["also checked with torch"] += 1
-        tally["computed"] += 1
+    x = np.random.default_rng(8).standard_normal((1, 2, 5, 4))
+    tally = new_tally()
+    for k, s, p in dict.fromkeys((k, s, p) for k, s, p, _ in pool_grid()):
+        run_avg_pool_case(x, k, s, p, ceil_mode, count_include_pad, tally)
     assert tally["computed"] >= 30 and tally["refused"] >= 30, tally
+
+
+# ------------------------------------------------------------------------------ properties
+# Random values near the int64 limits, with the example counts of tests/test_properties.py's
+# profiles (CNNEXT_HYPOTHESIS_PROFILE=ci|long|dev, CNNEXT_HYPOTHESIS_EXAMPLES=n).
+
+def _examples():
+    n = os.environ.get("CNNEXT_HYPOTHESIS_EXAMPLES", "").strip()
+    if n:
+        return int(n)
+    profile = os.environ.get("CNNEXT_HYPOTHESIS_PROFILE", "ci").strip().lower() or "ci"
+    return {"ci": 200, "long": 5000, "dev": 50}[profile]
+
+
+PROPERTY = settings(max_examples=_examples(), deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def sizes(low=1):
+    """Ints from small to sys.maxsize, weighted towards the edges where arithmetic overflows."""
+    edges = [2**31, 2**32, 2**59, 2**60, 2**61, 2**62, sys.maxsize]
+    return st.one_of(st.integers(low, 6),
+                     st.sampled_from(edges).flatmap(lambda e: st.integers(max(low, e - 6), min(sys.maxsize, e + 6))),
+                     st.integers(low, sys.maxsize))
+
+
+@PROPERTY
+@given(kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(sizes(), sizes()),
+       padding=st.tuples(sizes(0), sizes(0)), dilation=st.tuples(sizes(), sizes()),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       algorithm=st.sampled_from(["auto", "gemm", "direct"]))
+def test_conv2d_property_near_int64_limits(kernel, stride, padding, dilation, dtype, algorithm):
+    cnnext.set_num_threads(1)
+    x, w = conv_inputs(kernel, dtype)
+    run_conv_case(x, w, stride, padding, dilation, [algorithm], new_tally())
+
+
+@PROPERTY
+@given(k=st.tuples(sizes(), sizes()), s=st.tuples(sizes(), sizes()), d=st.tuples(sizes(), sizes()),
+       pad=st.tuples(st.integers(0, 3), st.integers(0, 3)), ceil_mode=st.booleans(),
+       count_include_pad=st.booleans())
+def test_pool2d_property_near_int64_limits(k, s, d, pad, ceil_mode, count_include_pad):
+    # padding: none, one, a third or half the kernel (pooling allows at most half)
+    p = tuple(min((0, 1, kk // 3, kk // 2)[i], kk // 2) for kk, i in zip(k, pad))
+    cnnext.set_num_threads(1)
+    x = np.random.default_rng(9).standard_normal((1, 2, 5, 4))
+    tally = new_tally()
+    run_max_pool_case(x, k, s, p, d, ceil_mode, tally)
+    run_avg_pool_case(x, k, s, p, ceil_mode, count_include_pad, tally)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

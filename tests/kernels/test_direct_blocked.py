@@ -15,7 +15,7 @@ from cnnext import ConvLayer, IdentityActivator, ReluActivator
 from cnnext._kernels import _direct
 from cnnext._config import force_conv_algorithm
 from cnnext._validation import check_conv2d
-from cnnext.functional import conv as conv_module
+from cnnext.functional._conv_dispatch import backward_checked
 from cnnext.functional import _conv_dispatch
 from helpers import same_at_thread_counts
 from naive_oracle import assert_close
@@ -81,14 +81,15 @@ def test_direct_matches_oracle(case, dtype):
 def test_direct_partial_backward(case, dtype):
     x, w, _, gy, params, _ = _inputs(case, dtype)
     egx, egw, egb = oracle.conv2d_backward(gy, x, w, **params)
+    args = [params.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))]
+    x, w, _, g, _ = check_conv2d("t", x, w, None, *args)
+    gy = np.ascontiguousarray(gy, dtype=x.dtype)
     with force_conv_algorithm("direct"):
-        gx, gw, gb = conv_module._backward("t", gy, x, w, need_input=True, need_weight=False,
-                                           **params)
+        gx, gw, gb = backward_checked(x, w, gy, g, need_input=True, need_weight=False)
         assert gw is None
         assert_close(gx, egx)
         assert_close(gb, egb)
-        gx, gw, gb = conv_module._backward("t", gy, x, w, need_input=False, need_weight=True,
-                                           **params)
+        gx, gw, gb = backward_checked(x, w, gy, g, need_input=False, need_weight=True)
         assert gx is None
         assert_close(gw, egw)
         assert_close(gb, egb)

@@ -14,8 +14,9 @@ import cnnext.functional as F
 import naive_oracle as oracle
 from cnnext._kernels import _direct
 from cnnext._config import force_conv_algorithm
-from cnnext.functional import conv as conv_module
+from cnnext._validation import check_conv2d
 from cnnext.functional import _conv_dispatch
+from cnnext.functional._conv_dispatch import backward_checked
 from naive_oracle import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -82,20 +83,19 @@ def test_small_direct_partial_backward_and_no_bias(dtype):
     gx_want, gw_want, gb_want = oracle.conv2d_backward(gy, x, w, padding=padding)
     with force_conv_algorithm("direct"):
         assert_close(F.conv2d(x, w, None, padding=padding), oracle.conv2d(x, w, None, padding=padding))
-        gx, gw, gb = conv_module._backward("t", gy, x, w, 1, padding, 1, 1, need_input=True,
-                                           need_weight=False)
+        x, w, _, g, _ = check_conv2d("t", x, w, None, 1, padding, 1, 1)
+        gy = np.ascontiguousarray(gy, dtype=x.dtype)
+        gx, gw, gb = backward_checked(x, w, gy, g, need_input=True, need_weight=False)
         assert gw is None
         assert_close(gx, gx_want)
         assert_close(gb, gb_want)
-        gx, gw, gb = conv_module._backward("t", gy, x, w, 1, padding, 1, 1, need_input=False,
-                                           need_weight=True)
+        gx, gw, gb = backward_checked(x, w, gy, g, need_input=False, need_weight=True)
         assert gx is None
         assert_close(gw, gw_want)
         assert_close(gb, gb_want)
 
 
 def test_small_direct_only_for_small_stride1_problems():
-    from cnnext._validation import check_conv2d
 
     def algorithm(shape_x, shape_w, **kw):
         x, w = np.zeros(shape_x), np.zeros(shape_w)

@@ -11,8 +11,9 @@ import pytest
 import cnnext
 import cnnext.functional as F
 from cnnext._config import force_conv_algorithm
-from cnnext.functional import conv
+from cnnext._validation import check_conv2d
 from cnnext.functional import _conv_dispatch
+from cnnext.functional._conv_dispatch import backward_checked
 import naive_oracle as oracle
 from helpers import rng_for, same_at_thread_counts
 from naive_oracle import assert_close
@@ -134,8 +135,8 @@ def test_winograd_backward_runs_every_pass_by_winograd(monkeypatch):
         assert sorted(set(calls)) == ["input_transform", "output_grad_transform",
                                       "output_transform"]
         calls.clear()
-        conv._backward("t", np.ones((2, 4, 8, 8)), x, w, 1, 1, 1, 1, need_input=False,
-                       need_weight=True)
+        x4, w4, _, g, _ = check_conv2d("t", x, w, None, 1, 1, 1, 1)
+        backward_checked(x4, w4, np.ones((2, 4, 8, 8)), g, need_input=False, need_weight=True)
         assert sorted(set(calls)) == ["input_transform", "output_grad_transform"]
     assert_close(gw, oracle.conv2d_backward(np.ones((2, 4, 8, 8)), x, w, padding=1)[1])
 
@@ -193,7 +194,6 @@ def test_winograd_forced_on_other_shapes_falls_back_to_gemm(case):
 
 
 def test_auto_picks_winograd_where_it_was_measured_faster():
-    from cnnext._validation import check_conv2d
 
     def algorithm(C, K, size, stride=1):
         x = np.zeros((2, C, size, size), np.float32)

@@ -402,6 +402,67 @@ def test_max_pooling_constructor_validation(args, name):
         MaxPoolingLayer(*args)
 
 
+CONV_GEOMETRY = ["input_width", "input_height", "channel_number", "filter_width", "filter_height",
+                 "filter_number", "zero_padding", "stride", "output_width", "output_height"]
+POOL_GEOMETRY = ["input_width", "input_height", "channel_number", "filter_width", "filter_height",
+                 "stride", "output_width", "output_height"]
+
+
+@pytest.mark.parametrize("name", CONV_GEOMETRY)
+def test_conv_layer_geometry_is_read_only(name):
+    """Issue 13 item 10: changing stride/zero_padding/input_width... after construction gave silently
+    wrong gradients (the cached geometry and the arrays kept the old sizes); it is now refused."""
+    layer = random_conv_layer(7, 6, 2, 3, 2, 3, 1, 2)
+    before = getattr(layer, name)
+    with pytest.raises(AttributeError, match=rf"^ConvLayer.{name} is read-only: .* sized for "
+                                             rf"{name}={before} at construction; build a new ConvLayer"):
+        setattr(layer, name, before + 1)
+    with pytest.raises(AttributeError, match=rf"ConvLayer.{name} is read-only"):
+        delattr(layer, name)
+    assert getattr(layer, name) == before
+    # the layer still computes what its construction arguments say (against the naive oracle)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 7))
+    s = rng.standard_normal((3, layer.output_height, layer.output_width))
+    w, b = layer_params(layer)
+    layer.forward(x)
+    layer.backward(x, s, IdentityActivator())
+    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, 2, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.delta_array, oracle.conv2d_backward(s, x, w, 2, 1)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", POOL_GEOMETRY)
+def test_max_pooling_layer_geometry_is_read_only(name):
+    layer = MaxPoolingLayer(6, 5, 2, 3, 2, 1)
+    before = getattr(layer, name)
+    with pytest.raises(AttributeError, match=rf"^MaxPoolingLayer.{name} is read-only"):
+        setattr(layer, name, 2)
+    assert getattr(layer, name) == before
+    x = np.random.default_rng(4).standard_normal((2, 5, 6))
+    layer.forward(x)
+    np.testing.assert_array_equal(layer.output_array, oracle.max_pool2d(x, (2, 3), 1)[0])
+
+
+def test_layers_with_read_only_geometry_copy_and_pickle():
+    import copy
+    import pickle
+    conv_l = random_conv_layer(5, 5, 2, 3, 3, 2, 1, 1, act=ReluActivator())
+    pool_l = MaxPoolingLayer(4, 4, 2, 2, 2, 2)
+    for layer in (conv_l, pool_l):
+        for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            assert repr(clone) == repr(layer)
+            with pytest.raises(AttributeError):
+                clone.stride = 3
+    x = np.random.default_rng(5).standard_normal((2, 5, 5))
+    clone = pickle.loads(pickle.dumps(conv_l))
+    conv_l.forward(x)
+    clone.forward(x)
+    np.testing.assert_array_equal(clone.output_array, conv_l.output_array)
+    conv_l.learning_rate = 0.5  # not geometry: still writable, as in learn_dl
+    conv_l.activator = IdentityActivator()
+    assert conv_l.learning_rate == 0.5
+
+
 def test_wrong_sample_shapes():
     layer = conv_layer()
     with pytest.raises(ValueError, match=r"input_array must have shape \(3, 5, 5\)"):

@@ -17,7 +17,8 @@ torch = pytest.importorskip("torch")
 
 def _reference():
     candidates = [os.environ.get("CNNEXT_TORCH_MODELS", ""),
-                  pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "torch_models.py"]
+                  pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "torch_models.py",
+                  "/work/shared/reference/torch_models.py"]
     for path in candidates:
         if path and pathlib.Path(path).is_file():
             spec = importlib.util.spec_from_file_location("torch_models", path)

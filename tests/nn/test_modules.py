@@ -356,3 +356,46 @@ def test_functional_linear_and_losses_closed_forms():
     assert F.cross_entropy(z, t).dtype == np.float64
     assert F.cross_entropy(z.astype(np.float32), t).dtype == np.float32
     np.testing.assert_allclose(F.mse_loss_backward(z, np.zeros_like(z), "sum"), 2 * z)
+
+
+# -- no_grad: the layers keep nothing for backward --------------------------------------------
+NO_GRAD_LAYERS = [
+    ("conv", lambda: nn.Conv2d(2, 3, 3, padding=1, rng=0), (2, 2, 5, 5), "_x"),
+    ("linear", lambda: nn.Linear(4, 3, rng=0), (5, 4), "_x"),
+    ("maxpool", lambda: nn.MaxPool2d(2), (2, 2, 4, 4), "_indices"),
+    ("avgpool", lambda: nn.AvgPool2d(2), (2, 2, 4, 4), "_shape"),
+    ("relu", lambda: nn.ReLU(), (3, 4), "_y"),
+    ("flatten", lambda: nn.Flatten(), (2, 3, 4), "_shape"),
+    ("dropout", lambda: nn.Dropout(0.5, rng=0), (3, 4), "_shape"),
+    ("dropout_eval", lambda: nn.Dropout(0.5, rng=0).eval(), (3, 4), "_shape"),
+]
+
+
+@pytest.mark.parametrize("name,make,shape,cache", NO_GRAD_LAYERS, ids=[c[0] for c in NO_GRAD_LAYERS])
+def test_layers_keep_nothing_under_no_grad(name, make, shape, cache):
+    import cnnext
+    x = rng(7).standard_normal(shape)
+    with_grad, without = make(), make()
+    y = with_grad(x)
+    assert with_grad.__dict__[cache] is not None
+    with cnnext.no_grad():
+        y0 = without(x)
+    np.testing.assert_array_equal(y0, y)  # same output (the same dropout mask: same seed)
+    assert without.__dict__[cache] is None and without.__dict__.get("_mask") is None
+    with pytest.raises(RuntimeError, match="no_grad"):
+        without.backward(np.ones_like(y))
+    without(x)  # with gradients again: backward works
+    with_grad(x)  # (the second dropout mask of each)
+    np.testing.assert_array_equal(without.backward(np.ones_like(y)), with_grad.backward(np.ones_like(y)))
+
+
+def test_losses_keep_nothing_under_no_grad():
+    import cnnext
+    crit = nn.CrossEntropyLoss()
+    logits, target = rng(8).standard_normal((4, 3)), np.array([0, 2, 1, 1])
+    want = crit(logits, target)
+    with cnnext.no_grad():
+        assert crit(logits, target) == want
+    assert crit.__dict__["_input"] is None and crit.__dict__["_target"] is None
+    with pytest.raises(RuntimeError, match="no_grad"):
+        crit.backward()

@@ -340,10 +340,11 @@ def test_controller_built_once_under_concurrent_first_use(monkeypatch):
     built = []
     real = threadpoolctl.ThreadpoolController
 
-    def counting():
-        built.append(1)
-        return real()
-    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", counting)
+    class Counting(real):
+        def __init__(self):
+            built.append(1)
+            super().__init__()
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", Counting)
     start = threading.Barrier(8)
 
     def first_use(_):
@@ -372,3 +373,26 @@ def test_set_blas_threads_now_or_after_the_last_block():
 def test_set_blas_threads_without_control(monkeypatch):
     monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
     assert _threads.set_blas_threads(2) is False
+
+
+@needs_control
+@pytest.mark.usefixtures("many_chunks", "blas_gemm", "blas_limit_restored")
+def test_after_a_chunked_call_other_threads_can_set_blas():
+    """cnnext lets go of threadpoolctl's claim on OpenBLAS after its changes: while the thread that
+    ran a chunked call lives on, the main thread's threadpool_limits still takes effect."""
+    cnnext.set_num_threads(2)
+    done, checked = threading.Event(), threading.Event()
+
+    def user():
+        winograd_pass(*data())
+        done.set()
+        checked.wait(timeout=60)
+    t = threading.Thread(target=user)
+    t.start()
+    try:
+        assert done.wait(timeout=60)
+        threadpoolctl.threadpool_limits(limits=3, user_api="blas")
+        assert blas_threads() == 3
+    finally:
+        checked.set()
+        t.join(timeout=60)

@@ -190,6 +190,28 @@ def test_wrapper_copies_back_a_rebound_gradient_and_follows_dtype_changes():
     assert ddp.buckets[0][0] == np.float32 and p.grad.dtype == np.float32
 
 
+def test_single_rank_refuses_bad_local_state_with_the_local_error():
+    """The checks run before every collective raise this rank's own error in a world of one too."""
+    ddp = dist.DistributedDataParallel(worker.build_model(2), comm=OneRank())
+    with pytest.raises(ValueError, match=r"broadcast_parameters: root must be in \[0, world_size=1\), got 1"):
+        ddp.broadcast_parameters(root=1)
+    with pytest.raises(TypeError, match="broadcast_parameters: root must be an int"):
+        ddp.broadcast_parameters(root=0.5)
+    p = next(iter(ddp.module.parameters()))
+    p.grad = np.float64(2.0)          # would have been spread over the whole view by broadcasting
+    with pytest.raises(ValueError, match=r"gradient of parameter '0.weight' must be an array of its shape "
+                                         r"\(4, 1, 3, 3\), got float64"):
+        ddp.sync_gradients()
+    p.grad = np.ones((4, 1, 3, 3))
+    ddp.sync_gradients()
+    np.testing.assert_array_equal(p.grad, 1.0)
+    with pytest.raises(TypeError, match="allreduce_sum: values must be a vector of numbers"):
+        dist.allreduce_sum(["a"], comm=OneRank())
+    with pytest.raises(TypeError, match="reduce_metrics: every metric must be a number"):
+        dist.reduce_metrics({"count": "many"}, comm=OneRank())
+    np.testing.assert_array_equal(dist.allreduce_sum([1, 2.5], comm=OneRank()), [1.0, 2.5])
+
+
 def test_no_sync_skips_communication():
     ddp = dist.DistributedDataParallel(worker.build_model(3), comm=OneRank())
     X, y = worker.make_data(4)
@@ -407,6 +429,91 @@ def test_gradients_travel_in_few_buckets(mpi_results):
     _, res = mpi_results
     assert int(res["sgd/buckets"]) == 1                     # 25 MiB cap: one buffer for the model
     assert int(res["momentum/buckets"]) == 5                # 1 KiB cap: split, still one call per bucket
+
+
+# ---------------------------------------------------------------------------------------------
+# ranks that disagree: a Python exception on every rank, never an MPI abort
+# ---------------------------------------------------------------------------------------------
+CHANGED = {
+    "float64": "parameter dtypes: first difference '0.weight: float32' on rank 0, '0.weight: float64' on rank 1",
+    "shape": "parameter shapes: first difference '6.weight: (10, 96)' on rank 0, '6.weight: (11, 96)' on rank 1",
+}
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", list(CHANGED))
+def test_one_rank_changing_its_model_after_wrapping_raises_on_every_rank(tmp_path, how):
+    # Before the check: the gradient Allreduce aborted the job ("Message truncated", exit 142).
+    prefix = str(tmp_path / "rank")
+    proc = mpirun(2, [os.path.join(HERE, "distributed_worker.py"), "--change-after-wrap", how, prefix],
+                  timeout=90, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)   # Python's, not MPI's 142
+    assert "the step went through" not in proc.stdout
+    assert "Message truncated" not in proc.stderr and "Abort" not in proc.stderr, proc.stderr
+    for rank in (0, 1):
+        with open(f"{prefix}.{rank}.err") as f:
+            err = f.read()
+        last = err.strip().splitlines()[-1]      # the uncaught exception of this rank
+        assert last.startswith("RuntimeError: DistributedDataParallel.sync_gradients: rank 1 does not "
+                               "match rank 0 for the gradient Allreduce"), err
+        assert CHANGED[how] in last and last.endswith(f"(raised on rank {rank} of 2)"), last
+        if how == "shape":
+            assert "gradient elements: 1232 on rank 0, 1329 on rank 1" in last   # 10*96+10 vs 11*96+11
+
+
+MISMATCHES = {   # case -> what every rank's message names (rank 1 is the odd one out)
+    "wrap_bucket_cap": ("ValueError", "DistributedDataParallel: rank 1 does not match rank 0 for the wrapping",
+                        "gradient buckets (dtype x elements): 1 on rank 0, 5 on rank 1"),
+    "wrap_other_model": ("ValueError", "DistributedDataParallel: rank 1 does not match rank 0",
+                         "parameter shapes: first difference '2.weight: (6, 4, 3, 3)' on rank 0, "
+                         "'2.weight: (6, 4, 5, 5)' on rank 1"),
+    "broadcast_root": ("RuntimeError", "broadcast_parameters: rank 1 does not match rank 0",
+                       "root: 0 on rank 0, 1 on rank 1"),
+    "replaced_same_shapes": ("RuntimeError", "sync_gradients: rank 1 does not match rank 0",
+                             "parameters replaced or converted since the last synchronisation: 'no' on rank 0, "
+                             "'yes' on rank 1"),
+    "metric_names": ("RuntimeError", "reduce_metrics: rank 1 does not match rank 0",
+                     "metric names: first difference 'count' on rank 0, 'correct' on rank 1"),
+    "sum_length": ("RuntimeError", "allreduce_sum: rank 1 does not match rank 0",
+                   "number of values: 3 on rank 0, 2 on rank 1"),
+    "out_of_step": ("RuntimeError", "the ranks are out of step: rank 0 is in the gradient Allreduce",
+                    "rank 1 in a metric sum"),          # each rank's message starts with its own call
+}
+LOCAL_FAILURES = {   # case -> rank 1's own error; the other ranks name it
+    "rebound_gradient": ("ValueError", "sync_gradients: the gradient of parameter '0.weight' must be an array "
+                                       "of its shape (4, 1, 3, 3), got float64"),
+    "metric_not_a_number": ("TypeError", "reduce_metrics: every metric must be a number"),
+}
+
+
+@needs_mpi
+def test_mismatched_collectives_raise_on_every_rank_and_the_ranks_stay_in_step(tmp_path):
+    import json
+
+    world = 3
+    prefix = str(tmp_path / "got")
+    mpirun(world, [os.path.join(HERE, "distributed_worker.py"), "--mismatches", prefix], timeout=120)
+    got = []
+    for rank in range(world):
+        with open(f"{prefix}.{rank}.json") as f:
+            got.append(json.load(f))
+    for rank, g in enumerate(got):
+        suffix = f"(raised on rank {rank} of {world})"
+        for case, (kind, head, detail) in MISMATCHES.items():
+            msg = g[case]
+            assert msg is not None and msg.startswith(f"{kind}: ") and head in msg and detail in msg, (case, msg)
+            assert msg.endswith(suffix), (case, msg)
+        for case, (kind, own) in LOCAL_FAILURES.items():
+            msg = g[case]
+            if rank == 1:
+                assert msg.startswith(f"{kind}: ") and own in msg, (case, msg)
+            else:
+                assert msg.startswith("RuntimeError: ") and "rank 1 failed before" in msg, (case, msg)
+                assert f"{kind}: " in msg and own in msg and msg.endswith(suffix), (case, msg)
+        assert g["all_ranks_convert"] is None            # the same change on every rank is allowed
+        assert g["max_rank_diff_after"] == 0.0           # ... and after all the errors the ranks train in step
+    for case in set(MISMATCHES) - {"out_of_step"}:      # the same message everywhere, but for the rank
+        assert len({g[case].rsplit(" (raised on", 1)[0] for g in got}) == 1, case
 
 
 # ---------------------------------------------------------------------------------------------

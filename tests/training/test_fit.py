@@ -269,5 +269,5 @@ def test_create_optimizer_by_name():
     assert type(optim.create_optimizer("adamw", params)) is optim.AdamW
     assert optim.create_optimizer("adamw", params).param_groups[0]["weight_decay"] == 1e-2
     assert type(optim.create_optimizer("adam", params, lr=0.01)) is optim.Adam
-    with pytest.raises(ValueError, match="create_optimizer: name must be one of 'sgd', 'adam', 'adamw'"):
-        optim.create_optimizer("rmsprop", params)
+    with pytest.raises(ValueError, match="create_optimizer: name must be one of 'sgd', 'adam', 'adamw', 'rmsprop'"):
+        optim.create_optimizer("adagrad", params)

@@ -77,7 +77,7 @@ def test_state_dict_round_trip_continues_identically():
 @pytest.mark.parametrize("make,exc,match", [
     (lambda ps: optim.SGD(ps, lr=-1), ValueError, "lr must be >= 0"),
     (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), ValueError, "nesterov=True needs momentum > 0"),
-    (lambda ps: optim.SGD(ps, lr="fast"), TypeError, "lr must be a number"),
+    (lambda ps: optim.SGD(ps, lr="fast"), TypeError, "lr must be a real number"),
     (lambda ps: optim.Adam(ps, betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
     (lambda ps: optim.Adam(ps, betas=0.9), ValueError, "betas must be a pair"),
     (lambda ps: optim.AdamW(ps, eps=-1e-8), ValueError, "eps must be >= 0"),
