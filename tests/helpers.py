@@ -119,6 +119,22 @@ def run_threads(targets, timeout=120):
         assert not t.is_alive(), f"a thread was still running after {timeout} s"
 
 
+def assert_partial_backward(backward, x, w, gy, g, want):
+    """``backward(x, w, gy, g, need_input=..., need_weight=...)`` computes what is asked only:
+    grad_input alone, then grad_weight alone (grad_bias both times), each close to ``want`` =
+    (grad_input, grad_weight, grad_bias) of the oracle."""
+    from naive_oracle import assert_close
+
+    gx, gw, gb = backward(x, w, gy, g, need_input=True, need_weight=False)
+    assert gw is None
+    assert_close(gx, want[0])
+    assert_close(gb, want[2])
+    gx, gw, gb = backward(x, w, gy, g, need_input=False, need_weight=True)
+    assert gx is None
+    assert_close(gw, want[1])
+    assert_close(gb, want[2])
+
+
 def random_conv_layer(iw, ih, c, fw, fh, k, zp, stride, act=None, lr=0.1, seed=0):
     """A learn_dl ConvLayer (ConvLayer's arguments) with seeded standard-normal weights and biases."""
     rng = np.random.default_rng(seed)

@@ -424,11 +424,7 @@ def test_conv_layer_geometry_is_read_only(name):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 7))
     s = rng.standard_normal((3, layer.output_height, layer.output_width))
-    w, b = layer_params(layer)
-    layer.forward(x)
-    layer.backward(x, s, IdentityActivator())
-    np.testing.assert_allclose(layer.output_array, oracle.conv2d(x, w, b, 2, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.delta_array, oracle.conv2d_backward(s, x, w, 2, 1)[0], rtol=1e-12, atol=1e-12)
+    assert_forward_backward_match_oracle(layer, x, s)
 
 
 @pytest.mark.parametrize("name", POOL_GEOMETRY)
